@@ -1,0 +1,96 @@
+"""Loading `configs/*.py` files and applying `--config.a.b=value` overrides."""
+
+import ast
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file or override the user gave is unusable."""
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path.py[:variant]`, calls its `get_config(variant)` and applies overrides.
+
+    Args:
+      spec: a config file path, optionally followed by `:variant`.
+      overrides: strings `a.b=value` (the `--config.` prefix already removed).
+    """
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}: not a valid Python config file ({e.msg}, line {e.lineno})") from None
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: has no get_config(variant) function")
+    config = module.get_config(variant)
+    apply_overrides(config, overrides, source=path)
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str], source: str = "config") -> None:
+    """Sets `a.b=value` fields in place; the value is parsed as a Python literal, else kept as a string."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like --config.a.b=value")
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+                raise ConfigError(f"{source}: override {key!r}: no section {name!r}")
+            node = node[name]
+        if leaf not in node:
+            raise ConfigError(f"{source}: override {key!r}: no field {leaf!r}")
+        value = _parse_value(text)
+        old = node[leaf]
+        if isinstance(old, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if old is not None and not isinstance(value, type(old)):
+            raise ConfigError(f"{source}: override {key}={text!r}: expected {type(old).__name__}, got "
+                              f"{type(value).__name__}")
+        node[leaf] = value
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+    """Reads a resolved config written by `save_config`; tuples come back as tuples."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the resolved config ({e})") from None
+    return ml_collections.ConfigDict(_lists_to_tuples(data))
+
+
+def save_config(config: ml_collections.ConfigDict, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(config_to_json(config))
+
+
+def _lists_to_tuples(value):
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
