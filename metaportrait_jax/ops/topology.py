@@ -1,0 +1,127 @@
+"""Landmark topologies: point count, coloured edges for line images, and the semantic subset the model uses.
+
+A topology's `subset` picks rows of the full landmark array; eye and mouth boxes and gaze points are rows of that
+subset (the official code works on a 58-point subset of 669 dense landmarks).
+"""
+
+import dataclasses
+import functools
+import importlib.resources
+import random
+from collections.abc import Callable
+
+import numpy as np
+
+from metaportrait_jax.ops.landmark_maps import box_mask, box_masks
+
+Box = tuple[tuple[int, int], tuple[int, int]]  # ((x_lo_row, x_hi_row), (y_lo_row, y_hi_row))
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str
+    num_points: int
+    edges: np.ndarray      # [E, 2] int32, drawn in this order
+    colors: np.ndarray     # [E, 3] uint8, channel 0 = r
+    subset: np.ndarray     # [S] int32 rows of the full array
+    eye_boxes: tuple[Box, ...]
+    mouth_box: Box
+    gaze_rows: tuple[int, ...]
+    eye_pad: int = 3
+    mouth_pad: int = 5
+
+    def __post_init__(self):
+        def fail(field, why):
+            raise ValueError(f"topology {self.name!r}: {field} {why}")
+
+        if self.edges.ndim != 2 or self.edges.shape[1] != 2:
+            fail("edges", f"must be [E, 2], got shape {self.edges.shape}")
+        if self.colors.shape != (len(self.edges), 3) or self.colors.dtype != np.uint8:
+            fail("colors", f"must be uint8 [{len(self.edges)}, 3], got {self.colors.dtype} {self.colors.shape}")
+        if self.edges.size and (self.edges.min() < 0 or self.edges.max() >= self.num_points):
+            fail("edges", f"index outside [0, {self.num_points})")
+        if self.subset.ndim != 1 or self.subset.min() < 0 or self.subset.max() >= self.num_points:
+            fail("subset", f"must be 1-D indices in [0, {self.num_points})")
+        rows = [r for box in (*self.eye_boxes, self.mouth_box) for pair in box for r in pair] + list(self.gaze_rows)
+        if min(rows) < 0 or max(rows) >= len(self.subset):
+            fail("eye_boxes/mouth_box/gaze_rows", f"must be rows of the {len(self.subset)}-point subset")
+
+    @property
+    def num_gaze(self) -> int:
+        return len(self.gaze_rows)
+
+
+_FACTORIES: dict[str, Callable[[], Topology]] = {}
+
+
+def register_topology(name: str, factory: Callable[[], Topology]) -> None:
+    _FACTORIES[name] = factory
+    get_topology.cache_clear()
+
+
+def available_topologies() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+@functools.cache
+def get_topology(name: str) -> Topology:
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown landmark topology {name!r}; available: {', '.join(available_topologies())}")
+    return _FACTORIES[name]()
+
+
+def official_palette(num_edges: int) -> np.ndarray:
+    """The official edge colours: the last `num_edges` of an RGB lattice, shuffled by Python's `random` seeded 0.
+
+    `random.Random(0)` gives the same sequence as the official `random.seed(0); random.shuffle(...)` without
+    touching the global generator.
+    """
+    step = int(255 / num_edges ** (1 / 3))
+    levels = range(0, 255, step)
+    colors = [[r, g, b] for r in levels for g in levels for b in levels][-num_edges:]
+    random.Random(0).shuffle(colors)
+    return np.asarray(colors, np.uint8)
+
+
+# The official 58-point subset (`dataset.ldmk_idx`, identical in all released configs).
+DENSE669_SUBSET = (521, 505, 338, 398, 347, 35, 191, 30, 32, 207, 630, 629, 319, 4, 541, 61, 637, 660, 638, 587, 273,
+                   590, 269, 432, 118, 327, 12, 373, 58, 619, 466, 469, 464, 308, 152, 305, 150, 411, 635, 634, 564,
+                   250, 443, 129, 364, 322, 49, 7, 361, 105, 434, 120, 500, 186, 575, 261, 636, 74)
+
+
+def _dense669() -> Topology:
+    text = importlib.resources.files("metaportrait_jax.ops").joinpath("data/dense_669_connectivity.tsv").read_text()
+    edges = np.asarray([[int(v) for v in line.split(" ")] for line in text.splitlines() if line.strip()], np.int32)
+    return Topology(
+        name="dense669", num_points=669, edges=edges, colors=official_palette(len(edges)),
+        subset=np.asarray(DENSE669_SUBSET, np.int32),
+        eye_boxes=(((1, 2), (3, 4)), ((5, 6), (7, 8))), mouth_box=((14, 15), (56, 57)),
+        gaze_rows=tuple(range(29, 37)))
+
+
+register_topology("dense669", _dense669)
+
+
+def landmark_subset(points: np.ndarray, topology: Topology) -> np.ndarray:
+    """`[..., N, 2]` in [0, 1] -> `[..., S, 2]` in [-1, 1] (the official `ldmk_proc`)."""
+    points = np.asarray(points, np.float32)
+    if points.shape[-2:] != (topology.num_points, 2):
+        raise ValueError(f"landmarks must be [..., {topology.num_points}, 2] for topology {topology.name!r}, "
+                         f"got shape {points.shape}")
+    return (2 * points - 1)[..., topology.subset, :]
+
+
+def gaze_points(subset_points: np.ndarray, topology: Topology) -> np.ndarray:
+    """`[..., S, 2]` -> `[..., G, 2]` gaze points."""
+    return np.asarray(subset_points)[..., list(topology.gaze_rows), :]
+
+
+def eye_mask(subset_points: np.ndarray, topology: Topology, height: int, width: int) -> np.ndarray:
+    """`[H, W, 1]` float32: both padded eye boxes."""
+    return box_masks(subset_points, topology.eye_boxes, height, width, topology.eye_pad)
+
+
+def mouth_mask(subset_points: np.ndarray, topology: Topology, height: int, width: int) -> np.ndarray:
+    """`[H, W, 1]` float32: the padded mouth box."""
+    x_rows, y_rows = topology.mouth_box
+    return box_mask(subset_points, x_rows, y_rows, height, width, topology.mouth_pad)
