@@ -11,12 +11,13 @@ import numpy as np
 
 def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower index, upper index and upper weight per output position (torch align_corners=False)."""
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)  # torch clamps negative source coordinates to 0
+    # float32 arithmetic in torch's order, so the weights round exactly as torch's CPU kernel does.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))  # torch clamps negative source coordinates to 0
     lo = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
-    frac = (src - lo).astype(np.float32)
+    frac = (src - lo.astype(np.float32)).astype(np.float32)
     return lo, hi, frac
 
 
@@ -30,7 +31,7 @@ def _resize_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
     w = jnp.asarray(frac, x.dtype).reshape(shape)
     a = jnp.take(x, jnp.asarray(lo), axis=axis)
     b = jnp.take(x, jnp.asarray(hi), axis=axis)
-    return a + (b - a) * w
+    return a * (1 - w) + b * w
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
