@@ -10,35 +10,13 @@ import pytest
 
 from metaportrait_jax.cli import main
 from metaportrait_jax.config import load_config
+from metaportrait_jax.data.official_layout import write_sample_layout
 from metaportrait_jax.eval.video import read_video_frames
 from metaportrait_jax.models.generator import Generator, dummy_batch
 from metaportrait_jax.train.checkpoint import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
-
-
-def make_official_layout(root, frames_per_class=(3, 2), size=64, id_dim=32, seed=0):
-    rng = np.random.default_rng(seed)
-    src_map = {}
-    for k, n in enumerate(frames_per_class):
-        for sub in ("imgs", "ldmks", "thetas"):
-            os.makedirs(os.path.join(root, str(k), sub), exist_ok=True)
-        for i in range(n):
-            name = f"{k}{i:07d}"
-            imageio.imwrite(os.path.join(root, str(k), "imgs", name + ".png"),
-                            rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-            np.save(os.path.join(root, str(k), "ldmks", name + "_ldmk.npy"), rng.uniform(0.2, 0.8, (669, 2)))
-            np.save(os.path.join(root, str(k), "thetas", name + "_theta.npy"), np.eye(2, 3))
-            src_map[name + ".png"] = k
-        imageio.imwrite(os.path.join(root, f"src_{k}.png"), rng.integers(0, 255, (2 * size, 2 * size, 3),
-                                                                         dtype=np.uint8))
-        np.save(os.path.join(root, f"src_{k}_ldmk.npy"), rng.uniform(0.2, 0.8, (669, 2)))
-        np.save(os.path.join(root, f"src_{k}_theta.npy"), np.eye(2, 3))
-        np.save(os.path.join(root, f"src_{k}_id.npy"), rng.normal(size=(1, id_dim)).astype(np.float32))
-    with open(os.path.join(root, "src_map_dict.pkl"), "wb") as f:
-        pickle.dump(src_map, f)
-    return sorted(src_map)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +36,7 @@ def test_summary_prints_totals(capsys):
 
 def test_animate_official_layout_end_to_end(tiny_checkpoint, tmp_path):
     data = str(tmp_path / "data")
-    names = make_official_layout(data)
+    names = write_sample_layout(data)
     out = str(tmp_path / "out")
     assert main(["animate", "--checkpoint", tiny_checkpoint, "--official-data", data, "--output", out,
                  "--batch-size", "2"]) == 0
@@ -75,7 +53,7 @@ def test_animate_matches_a_direct_forward(tiny_checkpoint, tmp_path):
     from metaportrait_jax.train.checkpoint import load_model
 
     data = str(tmp_path / "data")
-    names = make_official_layout(data, frames_per_class=(2,))
+    names = write_sample_layout(data, frames_per_class=(2,))
     out = str(tmp_path / "out")
     assert main(["animate", "--checkpoint", tiny_checkpoint, "--official-data", data, "--output", out]) == 0
     config, variables, _ = load_model(tiny_checkpoint)
@@ -98,7 +76,7 @@ def test_animate_matches_a_direct_forward(tiny_checkpoint, tmp_path):
 ])
 def test_animate_bad_data_names_the_file(tiny_checkpoint, tmp_path, capsys, breakage, expected):
     data = str(tmp_path / "data")
-    make_official_layout(data)
+    write_sample_layout(data)
     breakage(data)
     out = tmp_path / "out"
     assert main(["animate", "--checkpoint", tiny_checkpoint, "--official-data", data, "--output", str(out)]) == 2
@@ -114,7 +92,7 @@ class Exploit:
 
 def test_malicious_src_map_is_refused_without_running_it(tiny_checkpoint, tmp_path, capsys):
     data = str(tmp_path / "data")
-    make_official_layout(data)
+    write_sample_layout(data)
     with open(os.path.join(data, "src_map_dict.pkl"), "wb") as f:
         pickle.dump({"00000000.png": Exploit()}, f)
     if os.path.exists("/tmp/metaportrait_pwned"):

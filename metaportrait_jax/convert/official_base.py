@@ -5,7 +5,9 @@ parent by '_' (`ladder_network.layer1.0.weight_orig` -> `ladder_network/layer1_0
 `discs_1/conv/kernel`). Leaves: conv/linear `weight`/`weight_orig` -> `kernel`, norm `weight` -> `scale`, `bias` ->
 `bias`, spectral-norm buffers `weight_u`/`weight_v` -> the `spectral` collection's `u`/`v`. Layouts: conv
 (O, I, kh, kw) -> (kh, kw, I, O); linear (O, I) -> (I, O); LayerNorm2d (C, 1, 1) -> (C,). Which layer is a conv, a
-linear or a norm follows from the array's rank; three layers need their own rule (see the constants below).
+linear or a norm follows from the array's rank. The seed ConvTranspose2d and the LadderEncoder's fc have their own
+layouts, and the way back (Flax -> torch) also needs to know the LayerNorm2d and EqualLR layers and the torch names
+that end in '_<digit>' (see the constants below).
 """
 
 import logging
@@ -262,7 +264,8 @@ def official_to_flax_generator(state_dict: Mapping[str, np.ndarray],
                              _ladder_fc_geometry(config.model), "generator")
 
 
-def flax_to_official_generator(variables: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def flax_to_official_generator(variables: Mapping[str, Any],
+                               config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Inverse of `official_to_flax_generator`: official torch keys and layouts, numpy arrays."""
     return _flax_to_official(variables, _ladder_fc_geometry(config.model))
 
@@ -320,20 +323,23 @@ def convert_official_base(checkpoint_path: str, output_dir: str, config: ml_coll
     the checkpoint's layout."""
     checkpoint = load_torch_file(checkpoint_path)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{checkpoint_path}: expected a dict, got {type(checkpoint).__name__}")
-    if "generator" in checkpoint:
+        raise CheckpointMismatchError(f"{checkpoint_path}: expected a dict, got {type(checkpoint).__name__}")
+    if isinstance(checkpoint.get("generator"), dict):
         generator_state, discriminator_state = checkpoint["generator"], checkpoint.get("discriminator")
-    elif all(isinstance(v, np.ndarray) for v in checkpoint.values()):
+    elif checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
         generator_state, discriminator_state = checkpoint, None
     else:
-        raise ValueError(f"{checkpoint_path}: neither a {{'generator': ...}} checkpoint nor a bare state dict "
+        raise CheckpointMismatchError(f"{checkpoint_path}: neither a {{'generator': ...}} checkpoint nor a bare "
+                                      "state dict "
                          f"(top-level keys: {sorted(checkpoint)[:10]})")
     config = ml_collections.ConfigDict(config.to_dict())
     use_sn = detect_spectral_norm(generator_state)
+    layout = "spectral-norm" if use_sn else "SN-free"
     if use_sn != config.model.use_sn:
-        _log.warning("%s: %s checkpoint; setting config.model.use_sn=%s", checkpoint_path,
-                     "spectral-norm" if use_sn else "SN-free", use_sn)
+        _log.warning("%s: %s checkpoint; setting config.model.use_sn=%s", checkpoint_path, layout, use_sn)
         config.model.use_sn = use_sn
+    else:
+        _log.info("%s: %s checkpoint (config.model.use_sn=%s)", checkpoint_path, layout, use_sn)
     generator_variables = official_to_flax_generator(generator_state, config)
     discriminator_variables = None
     if discriminator_state is not None:

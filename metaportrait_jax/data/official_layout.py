@@ -165,3 +165,31 @@ class OfficialLayout:
             examples += [examples[-1]] * (batch_size - valid)
             batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
             yield [self.frames[i].name for i in indices], batch, valid
+
+
+def write_sample_layout(root: str, frames_per_class: tuple[int, ...] = (3, 2), size: int = 64, id_dim: int = 32,
+                        seed: int = 0) -> list[str]:
+    """Writes a small official-layout folder of random frames and dense669 landmarks; returns the frame names.
+
+    For tests and the pipeline demo: it exercises every file the official layout has, not a real face.
+    """
+    rng = np.random.default_rng(seed)
+    src_map = {}
+    for k, n in enumerate(frames_per_class):
+        for sub in ("imgs", "ldmks", "thetas"):
+            os.makedirs(os.path.join(root, str(k), sub), exist_ok=True)
+        for i in range(n):
+            name = f"{k}{i:07d}"
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                os.path.join(root, str(k), "imgs", name + ".png"))
+            np.save(os.path.join(root, str(k), "ldmks", name + "_ldmk.npy"), rng.uniform(0.2, 0.8, (669, 2)))
+            np.save(os.path.join(root, str(k), "thetas", name + "_theta.npy"), np.eye(2, 3))
+            src_map[name + ".png"] = k
+        Image.fromarray(rng.integers(0, 255, (2 * size, 2 * size, 3), dtype=np.uint8)).save(
+            os.path.join(root, f"src_{k}.png"))
+        np.save(os.path.join(root, f"src_{k}_ldmk.npy"), rng.uniform(0.2, 0.8, (669, 2)))
+        np.save(os.path.join(root, f"src_{k}_theta.npy"), np.eye(2, 3))
+        np.save(os.path.join(root, f"src_{k}_id.npy"), rng.normal(size=(1, id_dim)).astype(np.float32))
+    with open(os.path.join(root, "src_map_dict.pkl"), "wb") as f:
+        pickle.dump(src_map, f)
+    return sorted(src_map)

@@ -37,7 +37,7 @@ def abstract_discriminator_variables(model_config: ml_collections.ConfigDict) ->
 
 def save_model(directory: str, config: ml_collections.ConfigDict, generator_variables: Mapping[str, Any],
                discriminator_variables: Mapping[str, Any] | None = None) -> None:
-    """Writes the variables to `directory/model/` (Orbax, waits until finished) and the config to `directory/config.json`.
+    """Writes the variables to `directory/model/` (Orbax; waits until written), the config to `directory/config.json`.
 
     Refuses a directory that already holds a model checkpoint.
     """
@@ -93,9 +93,12 @@ def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any
         raise _not_a_checkpoint(directory, f"{CONFIG_FILE} has no 'model' section")
     checkpointer = ocp.StandardCheckpointer()
     try:
-        stored = checkpointer.metadata(model_dir).item_metadata.tree
+        item_metadata = checkpointer.metadata(model_dir).item_metadata
     except (FileNotFoundError, ValueError, OSError) as e:
         raise _not_a_checkpoint(directory, f"unreadable {MODEL_SUBDIR}/: {e}") from None
+    if item_metadata is None:
+        raise _not_a_checkpoint(directory, f"{MODEL_SUBDIR}/ holds no Orbax checkpoint")
+    stored = item_metadata.tree
     top_level = sorted(stored) if isinstance(stored, Mapping) else []
     if "generator" not in top_level or not set(top_level) <= {"generator", "discriminator"}:
         raise _not_a_checkpoint(directory, f"{MODEL_SUBDIR}/ holds {top_level}, expected generator [+ discriminator]")
