@@ -330,8 +330,7 @@ def convert_official_base(checkpoint_path: str, output_dir: str, config: ml_coll
         generator_state, discriminator_state = checkpoint, None
     else:
         raise CheckpointMismatchError(f"{checkpoint_path}: neither a {{'generator': ...}} checkpoint nor a bare "
-                                      "state dict "
-                         f"(top-level keys: {sorted(checkpoint)[:10]})")
+                                      f"state dict (top-level keys: {sorted(checkpoint)[:10]})")
     config = ml_collections.ConfigDict(config.to_dict())
     use_sn = detect_spectral_norm(generator_state)
     layout = "spectral-norm" if use_sn else "SN-free"
