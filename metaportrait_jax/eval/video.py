@@ -27,5 +27,7 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float) -> int:
 
 
 def read_video_frames(path: str) -> list[np.ndarray]:
-    with imageio.get_reader(path) as reader:
-        return [np.asarray(f) for f in reader]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        with imageio.get_reader(path) as reader:
+            return [np.asarray(f) for f in reader]
