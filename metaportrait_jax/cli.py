@@ -44,6 +44,15 @@ def cmd_animate(args, overrides):
     print(f"wrote frames and {video}")
 
 
+def cmd_preprocess(args, overrides):
+    from metaportrait_jax.data.preprocess import format_report, preprocess
+
+    if overrides:
+        raise _UsageError("preprocess takes no --config.* overrides")
+    report = preprocess(args.input, args.output, args.size)
+    print(format_report(report))
+
+
 def cmd_demo(args, overrides):
     """The inference pipeline end to end on generated inputs (a trained demo needs the training stages)."""
     import shutil
@@ -82,11 +91,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     try:
         from metaportrait_jax.convert.official_base import CheckpointMismatchError
         from metaportrait_jax.data.official_layout import DataError
+        from metaportrait_jax.data.preprocess import MissingToolsError
         from metaportrait_jax.train.checkpoint import CheckpointError
-        errors += [CheckpointMismatchError, DataError, CheckpointError]
+        errors += [CheckpointMismatchError, DataError, CheckpointError, MissingToolsError]
     except ImportError:
         pass
     return tuple(errors)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--batch-size", type=int)
     p.set_defaults(run=cmd_animate)
+
+    p = sub.add_parser("preprocess", help="face crops, MediaPipe landmarks and dlib identities from real videos")
+    p.add_argument("--input", required=True,
+                   help="a video, a folder of frame images (one clip), or a folder of videos and frame folders")
+    p.add_argument("--output", required=True, help="output root in the official layout (a rerun resumes it)")
+    p.add_argument("--size", type=_positive_int, default=256, help="side of the square face crops in pixels")
+    p.set_defaults(run=cmd_preprocess)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on generated inputs")
     p.add_argument("--config", default=os.path.join(REPO_CONFIGS, "tiny.py"))

@@ -96,3 +96,25 @@ def test_dense669_line_image_colours_come_from_palette():
     points = np.random.default_rng(1).uniform(0.1, 0.9, size=(669, 2))
     img = rasterize.draw_landmark_lines(points, t, 64)
     assert img.shape == (64, 64, 3) and img.any()
+
+
+def test_mediapipe478_structure():
+    t = topology.get_topology("mediapipe478")
+    assert t.num_points == 478 and len(t.edges) == 157 and len(t.subset) == 58 and len(set(t.subset.tolist())) == 58
+    assert len({tuple(sorted(e)) for e in t.edges.tolist()}) == 157
+    assert t.colors.tolist() == topology.official_palette(157).tolist()
+    landmark = t.subset.tolist()
+    assert sorted(landmark[r] for r in t.gaze_rows) == [469, 470, 471, 472, 474, 475, 476, 477]
+    # Right eye: corners 33/133, lids 159/145; left eye: corners 362/263, lids 386/374; mouth corners 61/291, lips 0/17.
+    assert [[[landmark[r] for r in pair] for pair in box] for box in t.eye_boxes] == [[[33, 133], [159, 145]],
+                                                                                      [[362, 263], [386, 374]]]
+    assert [[landmark[r] for r in pair] for pair in t.mouth_box] == [[61, 291], [0, 17]]
+
+
+def test_mediapipe478_edges_are_mediapipes_connection_sets():
+    pytest.importorskip("mediapipe")
+    from mediapipe.python.solutions import face_mesh_connections as mp_sets
+
+    expected = set().union(mp_sets.FACEMESH_CONTOURS, mp_sets.FACEMESH_IRISES, mp_sets.FACEMESH_NOSE)
+    shipped = [tuple(e) for e in topology.get_topology("mediapipe478").edges.tolist()]
+    assert len(shipped) == len(set(shipped)) and set(shipped) == expected

@@ -89,9 +89,14 @@ DENSE669_SUBSET = (521, 505, 338, 398, 347, 35, 191, 30, 32, 207, 630, 629, 319,
                    250, 443, 129, 364, 322, 49, 7, 361, 105, 434, 120, 500, 186, 575, 261, 636, 74)
 
 
+def _edge_table(filename: str) -> np.ndarray:
+    """`[E, 2]` int32 from a shipped `ops/data` file of "i j" lines."""
+    text = importlib.resources.files("metaportrait_jax.ops").joinpath("data", filename).read_text()
+    return np.asarray([[int(v) for v in line.split(" ")] for line in text.splitlines() if line.strip()], np.int32)
+
+
 def _dense669() -> Topology:
-    text = importlib.resources.files("metaportrait_jax.ops").joinpath("data/dense_669_connectivity.tsv").read_text()
-    edges = np.asarray([[int(v) for v in line.split(" ")] for line in text.splitlines() if line.strip()], np.int32)
+    edges = _edge_table("dense_669_connectivity.tsv")
     return Topology(
         name="dense669", num_points=669, edges=edges, colors=official_palette(len(edges)),
         subset=np.asarray(DENSE669_SUBSET, np.int32),
@@ -100,6 +105,30 @@ def _dense669() -> Topology:
 
 
 register_topology("dense669", _dense669)
+
+# A 58-point subset of MediaPipe's 478-point face mesh, laid out like the official one: rows 0-7 eye corners and lids
+# (subject's right eye, then left), 8-15 the iris rings (gaze), 16-17 iris centres, 18-27 mouth, 28-37 brows,
+# 38-39 nose, 40-57 every other face-oval point.
+MEDIAPIPE478_SUBSET = (33, 133, 159, 145, 362, 263, 386, 374,
+                       469, 470, 471, 472, 474, 475, 476, 477, 468, 473,
+                       61, 291, 0, 17, 13, 14, 37, 267, 84, 314,
+                       70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+                       1, 6,
+                       10, 297, 284, 389, 454, 361, 397, 379, 400, 152, 176, 150, 172, 132, 234, 162, 54, 67)
+
+
+def _mediapipe478() -> Topology:
+    """MediaPipe face mesh with refined irises: contours, irises and nose from `mediapipe478_edges.tsv`."""
+    edges = _edge_table("mediapipe478_edges.tsv")
+    return Topology(
+        name="mediapipe478", num_points=478, edges=edges, colors=official_palette(len(edges)),
+        subset=np.asarray(MEDIAPIPE478_SUBSET, np.int32),
+        # Image-left corner before image-right corner, upper lid/lip before lower: box bounds as (lo, hi) rows.
+        eye_boxes=(((0, 1), (2, 3)), ((4, 5), (6, 7))), mouth_box=((18, 19), (20, 21)),
+        gaze_rows=tuple(range(8, 16)))
+
+
+register_topology("mediapipe478", _mediapipe478)
 
 
 def landmark_subset(points: np.ndarray, topology: Topology) -> np.ndarray:
