@@ -106,6 +106,33 @@ def _dense669() -> Topology:
 
 register_topology("dense669", _dense669)
 
+
+def _synthetic() -> Topology:
+    """The procedural heads of `data.synthetic`: points and edges from `ops.synthetic_layout`; a 61-point subset of
+    jaw, brows, eyes (corners and lids), iris rings (gaze), nose and lips."""
+    from metaportrait_jax.ops.synthetic_layout import synthetic_layout
+
+    layout = synthetic_layout()
+    groups = layout.groups
+    subset = [*groups["jaw"][::2], *groups["brow_l"][:5], *groups["brow_r"][:5],
+              *groups["eye_l"][::2], *groups["eye_r"][::2], *groups["iris_l"], *groups["iris_r"],
+              *groups["nose_ridge"][::3], *groups["nose_base"][::2],
+              *(groups["lip_outer"][i] for i in (0, 2, 5, 8, 10, 13, 15, 17)), *groups["lip_inner"][4::8]]
+    at = {row: i for i, row in enumerate(subset)}
+    # Eye loops run corner (u = -1), upper lid, corner (u = +1), lower lid; the outer lip loop runs corner, upper
+    # lip, corner (index 10), lower lip with its centre at index 15.
+    eye_boxes = tuple(((at[groups[g][0]], at[groups[g][8]]), (at[groups[g][4]], at[groups[g][12]]))
+                      for g in ("eye_l", "eye_r"))
+    lips, edges = groups["lip_outer"], layout.edges
+    return Topology(
+        name="synthetic", num_points=layout.num_points, edges=edges, colors=official_palette(len(edges)),
+        subset=np.asarray(subset, np.int32), eye_boxes=eye_boxes,
+        mouth_box=((at[lips[0]], at[lips[10]]), (at[lips[5]], at[lips[15]])),
+        gaze_rows=tuple(at[row] for row in (*groups["iris_l"], *groups["iris_r"])))
+
+
+register_topology("synthetic", _synthetic)
+
 # A 58-point subset of MediaPipe's 478-point face mesh, laid out like the official one: rows 0-7 eye corners and lids
 # (subject's right eye, then left), 8-15 the iris rings (gaze), 16-17 iris centres, 18-27 mouth, 28-37 brows,
 # 38-39 nose, 40-57 every other face-oval point.
