@@ -253,7 +253,8 @@ class _Frames:
 
     @classmethod
     def take(cls, motion: Motion, index: np.ndarray) -> "_Frames":
-        col = {f.name: np.asarray(getattr(motion, f.name), np.float32)[index][:, None] for f in dataclasses.fields(motion)}
+        col = {f.name: np.asarray(getattr(motion, f.name), np.float32)[index][:, None]
+               for f in dataclasses.fields(motion)}
         (cy, sy), (cp, sp), (cr, sr) = [(np.cos(v[:, 0]), np.sin(v[:, 0])) for v in (col["yaw"], col["pitch"],
                                                                                        col["roll"])]
         one, zero = np.ones_like(cy), np.zeros_like(cy)
@@ -457,7 +458,7 @@ def _knots(idt: Identity, a, fr: _Frames):
     lower, upper = _lids(idt, a)
     below_brow = idt.eye_y + idt.brow_height - 0.03
     pole = np.pi / 2
-    material = [-pole, chin, idt.mouth_y, idt.mouth_y, idt.mouth_y + 0.15, lower, upper, below_brow, np.pi / 2]
+    material = [-pole, chin, idt.mouth_y, idt.mouth_y, idt.mouth_y + 0.15, lower, upper, below_brow, pole]
     surface = [-pole, chin - 0.85 * JAW_DROP * fr.jaw * _clamp(1 - (a / 1.15) ** 2, 0, 1),
                idt.mouth_y - opening + lift, idt.mouth_y + 0.2 * opening + lift, idt.mouth_y + 0.15, lower,
                upper - 0.97 * fr.blink * (upper - lower), below_brow, pole]
@@ -466,7 +467,8 @@ def _knots(idt: Identity, a, fr: _Frames):
 
 
 def _piecewise(x, xs, ys):
-    """Piecewise-linear interpolation with per-element knots xs, ys [K, ...]: (value, segment index)."""
+    """Piecewise-linear interpolation with per-element knots xs, ys [K, ...] (flat gathers: cheaper than
+    take_along_axis)."""
     x = np.broadcast_to(x, xs.shape[1:])
     count = x.size
     segment = (x.reshape(1, -1) >= xs[1:-1].reshape(len(xs) - 2, -1)).sum(0)
@@ -474,7 +476,7 @@ def _piecewise(x, xs, ys):
     xs, ys = xs.reshape(-1), ys.reshape(-1)
     x0, x1, y0, y1 = xs[flat], xs[flat + count], ys[flat], ys[flat + count]
     value = y0 + (y1 - y0) * _clamp((x.reshape(-1) - x0) / np.maximum(x1 - x0, 1e-6), 0, 1)
-    return value.reshape(x.shape), segment.reshape(x.shape)
+    return value.reshape(x.shape)
 
 
 def _widen(idt: Identity, a, e_material, smile, inverse=False):
@@ -488,16 +490,16 @@ def _widen(idt: Identity, a, e_material, smile, inverse=False):
 
 
 def _to_material(idt: Identity, a, e, fr: _Frames):
-    """Surface -> material coordinates, the hole segment and the column's knots (for the mouth interior)."""
+    """Surface -> material coordinates, and the column's surface knots (where the openings are)."""
     material, surface = _knots(idt, a, fr)
-    e_m, segment = _piecewise(e, surface, material)
-    return _widen(idt, a, e_m, fr.smile, inverse=True), e_m, segment, surface
+    e_m = _piecewise(e, surface, material)
+    return _widen(idt, a, e_m, fr.smile, inverse=True), e_m, surface
 
 
 def _to_surface(idt: Identity, a_m, e_m, fr: _Frames):
     a = _widen(idt, a_m, e_m, fr.smile)
     material, surface = _knots(idt, a, fr)
-    return a, _piecewise(e_m, material, surface)[0]
+    return a, _piecewise(e_m, material, surface)
 
 
 def _gaze_offset(idt: Identity, fr: _Frames):
@@ -568,11 +570,13 @@ def _skin_albedo(idt: Identity, a, e, aa):
             radius = size if kind == 0 else 2 * size * (1 + 0.2 * np.sin(5 * np.arctan2(de, da)))
             color = _mix(color, (0.22, 0.13, 0.08) if kind == 0 else skin * [0.78, 0.5, 0.48],
                          _soft(radius - np.sqrt(da * da + de * de), aa))
-    nostril = np.hypot((np.abs(a) - 0.032 * idt.nose_width) / (0.022 * idt.nose_width), (e - idt.nose_tip + 0.04) / 0.011)
+    nostril = np.hypot((np.abs(a) - 0.032 * idt.nose_width) / (0.022 * idt.nose_width),
+                       (e - idt.nose_tip + 0.04) / 0.011)
     color = _mix(color, skin * 0.3, _soft((1 - nostril) * 0.012, aa))
     up, low = _lip_heights(idt, a)
     rel = e - idt.mouth_y
-    color = _mix(color, np.asarray(idt.lip_color) * 0.88, _soft(np.minimum(rel, up - rel), aa) * _clamp(2 * up / aa, 0, 1))
+    color = _mix(color, np.asarray(idt.lip_color) * 0.88,
+                 _soft(np.minimum(rel, up - rel), aa) * _clamp(2 * up / aa, 0, 1))
     color = _mix(color, idt.lip_color, _soft(np.minimum(-rel, low + rel), aa) * _clamp(2 * low / aa, 0, 1))
     color = _mix(color, np.asarray(idt.lip_color) * 0.35, _soft(0.25 * aa - np.abs(rel), aa)
                  * _soft(1.05 * idt.mouth_w - np.abs(a), aa))
@@ -659,11 +663,10 @@ def _render_frames(idt: Identity, motion: Motion, index: np.ndarray, size: int, 
     omega, t, hit, coverage = _cast_head(idt, fr, origin, direction, size, bounds)
     neck, shoulders = _cast_body(xw - fr.tx, yw - fr.ty - HEAD_Y, size)
     neck_front = neck[0] < shoulders[0]
-    body_t = np.where(neck[1] >= 0.5, np.where(shoulders[1] >= 0.5, np.minimum(neck[0], shoulders[0]), neck[0]),
-                      np.where(shoulders[1] >= 0.5, shoulders[0], np.inf))
+    body_t = np.minimum(*(np.where(cover >= 0.5, depth, np.inf) for depth, cover, _ in (neck, shoulders)))
     head = hit & (t < body_t)
     a, e = np.arctan2(omega[0], omega[2]), np.arcsin(_clamp(omega[1], -1, 1))
-    a_m, e_m, _, knots = _to_material(idt, a, e, fr)
+    a_m, e_m, knots = _to_material(idt, a, e, fr)
     aa = 2 * FRAME_HALF / size / 0.85  # one pixel, in radians of surface angle
 
     def hole_cover(lower, upper):  # anti-aliased coverage of a skin opening (0 where it is shut)
@@ -709,11 +712,11 @@ def _render_frames(idt: Identity, motion: Motion, index: np.ndarray, size: int, 
     color = _mix(color, head_color, np.where(head, 1, np.where(hit, 0, coverage)))
 
     # Backward flow: where each pixel's surface point was one frame earlier; the body only translates.
-    rigid = ~head if frame is None else ~head | (frame > 0.5)
+    on_skull = False if frame is None else frame > 0.5  # glasses frames do not slide with the skin
     prev_a, prev_e = _to_surface(idt, a_m, e_m, prev)
     prev_gaze = _gaze_offset(idt, prev)
-    prev_a = np.where(eye, a - gaze_a + prev_gaze[0], np.where(mouth | rigid, a, prev_a))
-    prev_e = np.where(eye, e - gaze_e + prev_gaze[1], np.where(rigid, e, prev_e))
+    prev_a = np.where(eye, a - gaze_a + prev_gaze[0], np.where(mouth | on_skull, a, prev_a))
+    prev_e = np.where(eye, e - gaze_e + prev_gaze[1], np.where(on_skull, e, prev_e))
     if mouth.any():  # the interior follows the nearer lip edge
         prev_knots = _knots(idt, a[mouth], _Frames(None, *(np.broadcast_to(v, a.shape)[mouth] for v in (
             prev.tx, prev.ty, prev.jaw, prev.smile, prev.blink, prev.gaze_x, prev.gaze_y))))[1]
