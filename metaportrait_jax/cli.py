@@ -79,6 +79,65 @@ def cmd_demo(args, overrides):
     print(f"demo outputs in {out}: data/ (official layout), checkpoint/ (Orbax + config.json), frames/ and {video}")
 
 
+def cmd_data(args, overrides):
+    from metaportrait_jax.data import datasets
+
+    if args.what == "synthetic":
+        directory = datasets.build_synthetic(args.data_dir, args.config)
+    else:
+        if not args.root:
+            raise _UsageError("data layout needs --root FOLDER (an official-layout folder)")
+        directory = datasets.build_from_official_layout(args.root, args.data_dir, args.topology, args.image_size,
+                                                        args.id_dim, args.test_persons)
+    print(f"data set ready: {directory}")
+
+
+def open_frames(data, model):
+    """The frame source a config's `data` section names (building the synthetic set on first use)."""
+    from metaportrait_jax.data import datasets, sources
+    from metaportrait_jax.ops.topology import get_topology
+
+    if data.source == "synthetic":
+        frames = sources.TfdsFrames(datasets.build_synthetic(data.data_dir, data.synthetic), data.split)
+    elif data.source == "tfds":
+        frames = sources.TfdsFrames(data.path, data.split)
+    elif data.source == "layout":
+        frames = sources.OfficialLayoutFrames(data.path, get_topology(data.topology), model.image_size, model.id_dim)
+    else:
+        raise _UsageError(f"config.data.source must be synthetic, tfds or layout, got {data.source!r}")
+    problems = [f"{name} {have} (model expects {want})" for name, have, want in (
+        ("image size", frames.image_size, model.image_size), ("identity size", frames.id_dim, model.id_dim),
+        ("gaze points", frames.topology.num_gaze, model.num_gaze)) if have != want]
+    if problems:
+        raise _UsageError(f"the data does not fit the model: {', '.join(problems)}; set --config.model.* to match")
+    return frames
+
+
+def cmd_train(args, overrides):
+    import jax
+
+    from metaportrait_jax.convert.vgg import perceptual_features
+    from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
+    from metaportrait_jax.train.checkpoint import save_model
+    from metaportrait_jax.train.loop import run
+    from metaportrait_jax.train.sharding import initialize_processes
+
+    initialize_processes()
+    config = _load_config(args.config, overrides)
+    frames = open_frames(config.data, config.model)
+    spec = PipelineSpec("pairs", config.train.batch_size, seed=config.seed, source=config.data.pair_source,
+                        workers=config.data.workers)
+    dataset = make_dataset(frames, spec, jax.process_index(), jax.process_count())
+    network, params = perceptual_features(config.train.perceptual)
+    state = run(config, args.workdir, lambda s: make_iterator(dataset, spec, s), network, {"params": params},
+                progress=not args.no_progress)
+    if int(state.step) >= config.train.steps and jax.process_index() == 0:
+        export = os.path.join(args.workdir, "export")
+        if not os.path.exists(export):
+            save_model(export, config, jax.device_get(state.generator), jax.device_get(state.discriminator))
+        print(f"trained {config.train.steps} steps; model checkpoint: {export}")
+
+
 class _UsageError(ValueError):
     pass
 
@@ -134,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output root in the official layout (a rerun resumes it)")
     p.add_argument("--size", type=_positive_int, default=256, help="side of the square face crops in pixels")
     p.set_defaults(run=cmd_preprocess)
+
+    p = sub.add_parser("data", help="build a TFDS data set (array_record) of frames for the input pipelines")
+    p.add_argument("what", choices=["synthetic", "layout"],
+                   help="synthetic: the procedural talking heads; layout: an official-layout folder")
+    p.add_argument("--data-dir", required=True, help="TFDS data directory to build into")
+    p.add_argument("--config", default="r64", help="synthetic: r64, r128, r256, r64_tiny, r64_large, r256_large")
+    p.add_argument("--root", help="layout: the official-layout folder (e.g. `preprocess` output)")
+    p.add_argument("--topology", default="mediapipe478", help="layout: landmark topology of its *_ldmk.npy files")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--id-dim", type=int, default=128, help="layout: size of the src_<k>_id.npy embeddings")
+    p.add_argument("--test-persons", type=int, default=0, help="layout: the last N clips form the test split")
+    p.set_defaults(run=cmd_data)
+
+    p = sub.add_parser("train", help="pretrain the warp or full stage (resumes from the work directory)")
+    p.add_argument("--config", required=True, help="e.g. configs/pretrain_warp.py:tiny")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("demo", help="run the pipeline end to end on generated inputs")
     p.add_argument("--config", default=os.path.join(REPO_CONFIGS, "tiny.py"))

@@ -177,7 +177,7 @@ def test_batches_become_global_arrays_split_over_the_data_axis(frames):
     mesh = make_mesh()
     batch = global_batch(_batches(frames, PipelineSpec("pairs", 8), 1)[0], mesh)
     assert batch["source"].shape == (8, 32, 32, 3)
-    assert batch["source"].sharding.spec[0] == "data"
+    assert batch["source"].sharding.spec[0] == ("data", "fsdp")
     assert len(batch["source"].addressable_shards) == len(jax.devices())
 
 

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.data.sources import METADATA_FILE, ClipTable, OfficialLayoutFrames
 from metaportrait_jax.ops.topology import get_topology
 
@@ -37,9 +38,9 @@ class SyntheticPlan:
     def __post_init__(self):
         for field in ("image_size", "train_identities", "clips_per_identity", "frames_per_clip", "id_dim"):
             if getattr(self, field) < 1:
-                raise ValueError(f"synthetic data: {field} must be positive, got {getattr(self, field)}")
+                raise DataError(f"synthetic data: {field} must be positive, got {getattr(self, field)}")
         if self.clips_per_identity < 2:
-            raise ValueError(f"synthetic data: clips_per_identity must be >= 2 (adapt on one clip, judge on another), "
+            raise DataError(f"synthetic data: clips_per_identity must be >= 2 (adapt on one clip, judge on another), "
                              f"got {self.clips_per_identity}")
 
     def identities(self, split: str) -> int:
@@ -148,7 +149,7 @@ def build_synthetic(data_dir: str, config: str | SyntheticPlan = "r64") -> str:
         digest = hashlib.sha1(json.dumps(dataclasses.asdict(plan), sort_keys=True).encode()).hexdigest()[:10]
         config = SyntheticConfig(name=f"custom_{digest}", description=str(plan), plan=plan)
     elif config not in SYNTHETIC_CONFIGS:
-        raise ValueError(f"unknown synthetic data config {config!r}; available: {', '.join(SYNTHETIC_CONFIGS)}")
+        raise DataError(f"unknown synthetic data config {config!r}; available: {', '.join(SYNTHETIC_CONFIGS)}")
     else:
         plan = SYNTHETIC_CONFIGS[config]
     builder = SyntheticTalkingHeads(data_dir=data_dir, config=config, file_format="array_record")
@@ -179,7 +180,7 @@ class TalkingHeadVideos(tfds.core.GeneratorBasedBuilder):
         self.frames = OfficialLayoutFrames(c.root, get_topology(c.topology), c.image_size, c.id_dim)
         clips = self.frames.clips.num_clips
         if not 0 <= c.test_persons < clips:
-            raise ValueError(f"test_persons must be in [0, {clips}) for {c.root}, got {c.test_persons}")
+            raise DataError(f"test_persons must be in [0, {clips}) for {c.root}, got {c.test_persons}")
         self.split_of_clip = np.where(np.arange(clips) >= clips - c.test_persons, "test", "train")
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -1,0 +1,199 @@
+"""The training loop: sharded jit step, Orbax checkpoints with the data-iterator state, preemption, logs.
+
+The data pipeline is handed in (`make_batches(iterator_state) -> iterator`), so this module depends on nothing
+above `train/`. Work directory:
+
+    config.json              the resolved config (also inside every checkpoint)
+    checkpoints/<step>/      Orbax: train state + data-iterator state; keep-N, async
+    metrics.jsonl            one JSON object per logged step
+    tensorboard/             tensorboardX scalars and image grids (source | driving | warped | prediction)
+"""
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from metaportrait_jax.config import save_config
+from metaportrait_jax.models.generator import BATCH_KEYS
+from metaportrait_jax.train.checkpoint import load_model
+from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, replicated, tree_sharding
+from metaportrait_jax.train.step import WARP_MODULES, Trainer, TrainState
+
+
+class BatchIterator(Protocol):
+    def __next__(self) -> dict[str, np.ndarray]: ...
+
+    def get_state(self) -> dict: ...
+
+
+class Preemption:
+    """Turns SIGTERM (and SIGINT) into a flag the loop checks between steps, so it can save and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.requested = True
+        print(f"\nreceived signal {signum}: saving a checkpoint after this step", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def checkpoint_manager(workdir: str, train: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=train.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def _with_warp_from(state: TrainState, directory: str) -> TrainState:
+    """The official Full-stage start: copy the ladder and dense-motion weights of a warp-stage checkpoint."""
+    _, stored, _ = load_model(directory)
+    generator = dict(state.generator)
+    for collection in ("params", "spectral"):
+        if collection in generator:
+            merged = dict(generator[collection])
+            merged.update({k: v for k, v in stored.get(collection, {}).items() if k in WARP_MODULES})
+            generator[collection] = merged
+    return state.replace(generator=generator)
+
+
+def image_grid(batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray], rows: int = 4) -> np.ndarray:
+    """`[rows·H, 4·W, 3]` uint8: source | driving | warped source | prediction (if any), one example per row."""
+    columns = [batch["source"], batch["driving"], outputs["deformed"]]
+    if "prediction" in outputs:
+        columns.append(outputs["prediction"])
+    rows = min(rows, len(batch["source"]))
+    grid = np.concatenate([np.concatenate([np.asarray(c[r]) for c in columns], axis=1) for r in range(rows)], axis=0)
+    return (np.clip(grid, 0, 1) * 255).astype(np.uint8)
+
+
+class MetricsLog:
+    """JSON lines and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+
+    def image(self, step: int, grid: np.ndarray) -> None:
+        if self.enabled:
+            self.writer.add_image("train/source_driving_warped_prediction", grid, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.writer.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[[dict | None], BatchIterator],
+        perceptual_network, perceptual_params: dict[str, Any], progress: bool = True) -> TrainState:
+    """Trains `config.train.steps` steps (resuming from the latest checkpoint in `workdir`); returns the state.
+
+    Stops early, after saving, on SIGTERM/SIGINT.
+    """
+    train = config.train
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        save_config(config, os.path.join(workdir, "config.json"))
+    mesh = make_mesh(train.fsdp)
+    trainer = Trainer(config, perceptual_network)
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual_params)
+    state_sharding = tree_sharding(abstract, mesh)
+    step_fn = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
+                      out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+
+    def first_rows(state: TrainState, batch: dict) -> tuple[dict, dict]:
+        shown = {k: batch[k][:4] for k in ("source", "driving", *BATCH_KEYS)}
+        return shown, trainer.predict(state, shown)
+
+    shown_rows = jax.jit(first_rows, out_shardings=replicated(mesh))
+
+    manager = checkpoint_manager(workdir, train)
+    latest = manager.latest_step()
+    if latest is not None:
+        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                              state_sharding)
+        restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                    data=ocp.args.JsonRestore()))
+        state, iterator_state = restored.state, restored.data
+        print(f"resumed from {workdir}/checkpoints/{latest}", flush=True)
+    else:
+        init = jax.jit(trainer.init_state, out_shardings=state_sharding)
+        state = init(jax.random.key(config.seed), perceptual_params)
+        if config.get("init_from"):
+            state = jax.device_put(_with_warp_from(state, config.init_from), state_sharding)
+        iterator_state = None
+    batches = make_batches(iterator_state)
+    start = int(state.step)
+
+    log = MetricsLog(workdir, jax.process_index() == 0)
+    bar = None
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=train.steps, initial=start, desc=f"train {train.stage}", unit="step", dynamic_ncols=True)
+
+    def save(step: int, force: bool = False) -> None:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(batches.get_state())), force=force)
+
+    with Preemption() as preemption:
+        tic = time.perf_counter()
+        for step in range(start + 1, train.steps + 1):
+            batch = global_batch(next(batches), mesh)
+            state, metrics = step_fn(state, batch)
+            if step % train.checkpoint_every == 0 or step == train.steps or preemption.requested:
+                save(step, force=True)
+            if step % train.log_every == 0 or step == train.steps:
+                values = {k: float(host_value(v)) for k, v in metrics.items()}
+                values["steps_per_second"] = train.log_every / (time.perf_counter() - tic)
+                tic = time.perf_counter()
+                log.scalars(step, values)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{values['generator_loss']:.4f}", sps=f"{values['steps_per_second']:.2f}")
+            if train.image_every and (step % train.image_every == 0 or step == train.steps):
+                shown, outputs = jax.tree.map(host_value, shown_rows(state, batch))
+                log.image(step, image_grid(shown, outputs))
+            if bar is not None:
+                bar.update(1)
+            if preemption.requested:
+                break
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+    if bar is not None:
+        bar.close()
+    return state
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+    """A replicated global array as a numpy array on this host (works with several processes)."""
+    return np.asarray(x.addressable_data(0))

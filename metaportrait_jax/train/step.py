@@ -1,0 +1,190 @@
+"""The pretraining step for the warp and full stages: one pure function `step(state, batch) -> (state, metrics)`.
+
+What the official trainer does, and where we differ (spec §3):
+- Adam(0.5, 0.999), lr 2e-4, warping network (ladder + dense motion) at ×0.1; step decay ×0.1 at `decay_steps`;
+- gradients: nan → 0, ±inf → ±1e5, then global-norm clip 0.3 — applied to the generator's and the
+  discriminator's *own* gradients separately (the official G clip also counts D's gradients from the G losses);
+- warp stage: only the perceptual loss of the warped source; the refine network is frozen;
+- full stage: warp perceptual + perceptual + eye + mouth + LSGAN + feature matching; then the D step (LSGAN) on the
+  same prediction;
+- a step whose loss is not finite changes nothing but the `skipped` counter;
+- `compute_dtype='bfloat16'` runs the networks in bf16 with fp32 parameters, optimiser and losses (the official
+  fp16 autocast needs a loss scaler; bf16 does not).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from metaportrait_jax import losses as L
+from metaportrait_jax.models.discriminator import Discriminator
+from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
+
+WARP_MODULES = ("ladder_network", "dense_motion_network")
+STAGES = ("warp", "full")
+GRADIENT_LIMIT = 1e5  # official nan_to_num(posinf=1e5, neginf=-1e5)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array                 # int32 scalar
+    generator: dict[str, Any]       # {"params": ..., "spectral": ...}
+    discriminator: dict[str, Any]   # {"params": ...}
+    generator_opt: Any
+    discriminator_opt: Any
+    perceptual: dict[str, Any]      # frozen feature-network variables
+    skipped: jax.Array              # int32: steps whose loss was not finite
+
+
+def finite_gradients(limit: float = GRADIENT_LIMIT) -> optax.GradientTransformation:
+    """nan → 0, ±inf → ±limit (the official `nan_to_num` before clipping)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=limit, neginf=-limit), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def learning_rate(base: float, decay_steps: tuple[int, ...], factor: float = 0.1) -> optax.Schedule:
+    return optax.piecewise_constant_schedule(base, {int(s): factor for s in decay_steps})
+
+
+def generator_groups(params: dict[str, Any], stage: str) -> dict[str, Any]:
+    """Label tree: 'warp' for the warping network, 'refine' (or 'frozen' in the warp stage) for the rest."""
+    refine = "frozen" if stage == "warp" else "refine"
+    return {name: jax.tree.map(lambda _: "warp" if name in WARP_MODULES else refine, sub)
+            for name, sub in params.items()}
+
+
+def make_optimizers(train: ml_collections.ConfigDict, stage: str, generator_params: dict[str, Any]
+                    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(generator, discriminator) optimisers: finite gradients → clip → Adam per parameter group."""
+    b1, b2 = train.adam_betas
+
+    def adam(scale: float) -> optax.GradientTransformation:
+        return optax.adam(learning_rate(train.learning_rate * scale, train.decay_steps), b1=b1, b2=b2)
+
+    groups = {"warp": adam(train.warp_lr_scale), "refine": adam(1.0), "frozen": optax.set_to_zero()}
+    used = set(jax.tree.leaves(generator_groups(generator_params, stage)))
+    generator = optax.chain(finite_gradients(), optax.clip_by_global_norm(train.clip_norm),
+                            optax.multi_transform({k: v for k, v in groups.items() if k in used},
+                                                  lambda p: generator_groups(p, stage)))
+    discriminator = optax.chain(finite_gradients(), optax.clip_by_global_norm(train.clip_norm), adam(1.0))
+    return generator, discriminator
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+class Trainer:
+    """Builds the initial state and the step of one stage for a config (`config.model`, `config.train`)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, perceptual_network: nn.Module):
+        self.config, self.train = config, config.train
+        if self.train.stage not in STAGES:
+            raise ValueError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
+        self.stage = self.train.stage
+        self.generator = Generator(config.model)
+        self.discriminator = Discriminator(config.model)
+        self.perceptual_network = perceptual_network
+        self.compute_dtype = jnp.dtype(self.train.compute_dtype)
+        self.use_gan = self.stage == "full" and self.train.loss.generator_gan > 0
+        abstract = jax.eval_shape(self._init_models, jax.random.key(0))
+        self.generator_tx, self.discriminator_tx = make_optimizers(self.train, self.stage,
+                                                                   abstract[0]["params"])
+
+    def _init_models(self, rng: jax.Array):
+        g_rng, d_rng = jax.random.split(rng)
+        size = self.config.model.image_size
+        generator = self.generator.init(g_rng, dummy_batch(self.config.model))
+        discriminator = self.discriminator.init(d_rng, jnp.zeros((1, size, size, 3)))
+        return dict(generator), dict(discriminator)
+
+    def init_state(self, rng: jax.Array, perceptual: dict[str, Any]) -> TrainState:
+        generator, discriminator = self._init_models(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
+                          generator_opt=self.generator_tx.init(generator["params"]),
+                          discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
+                          perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32))
+
+    def _features(self, perceptual: dict[str, Any]) -> Callable[[jax.Array], list[jax.Array]]:
+        def features(images: jax.Array) -> list[jax.Array]:
+            out = self.perceptual_network.apply(_cast(perceptual, self.compute_dtype), images.astype(self.compute_dtype))
+            return [f.astype(jnp.float32) for f in out]
+
+        return features
+
+    def _discriminate(self, params: dict[str, Any], images: jax.Array):
+        features, logits = self.discriminator.apply({"params": _cast(params, self.compute_dtype)},
+                                                    images.astype(self.compute_dtype))
+        return [f.astype(jnp.float32) for f in features], logits.astype(jnp.float32)
+
+    def generator_losses(self, params, state: TrainState, batch: dict[str, jax.Array]):
+        """(total, (named losses, generator outputs, new spectral-norm vectors))."""
+        w = self.train.loss
+        inputs = _cast({k: batch[k] for k in BATCH_KEYS}, self.compute_dtype)
+        variables = {**state.generator, "params": _cast(params, self.compute_dtype)}
+        out, mutated = self.generator.apply(variables, inputs, stage=self.stage, train=True, mutable=["spectral"])
+        out = _cast(out, jnp.float32)
+        features = self._features(state.perceptual)
+        driving, scales = batch["driving"], tuple(self.train.pyramid_scales)
+        named = {"warp_perceptual": L.perceptual_loss(features, out["deformed"], driving, scales, w.warp_perceptual)}
+        if self.stage == "full":
+            prediction = out["prediction"]
+            named["perceptual"] = L.perceptual_loss(features, prediction, driving, scales, w.perceptual)
+            if w.eye:
+                named["eye"] = L.masked_box_loss(prediction, driving, batch["eye_mask"], scales, w.eye)
+            if w.mouth:
+                named["mouth"] = L.masked_box_loss(prediction, driving, batch["mouth_mask"], scales, w.mouth)
+            if self.use_gan:
+                d_params = state.discriminator["params"]
+                real_features, _ = self._discriminate(d_params, driving)
+                fake_features, fake_logits = self._discriminate(d_params, prediction)
+                named["generator_gan"] = w.generator_gan * L.generator_gan_loss(fake_logits)
+                named["feature_matching"] = L.feature_matching_loss(real_features, fake_features, w.feature_matching)
+        return L.sum_losses(named), (named, out, mutated)
+
+    def discriminator_loss(self, params, prediction: jax.Array, driving: jax.Array) -> jax.Array:
+        _, real_logits = self._discriminate(params, driving)
+        _, fake_logits = self._discriminate(params, jax.lax.stop_gradient(prediction))
+        return self.train.loss.discriminator_gan * L.discriminator_gan_loss(real_logits, fake_logits)
+
+    def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One G update (and one D update in the full stage with GAN); pure, jit it with `shardings`."""
+        g_params = state.generator["params"]
+        (g_loss, (named, out, mutated)), g_grads = jax.value_and_grad(self.generator_losses, has_aux=True)(
+            g_params, state, batch)
+        g_updates, g_opt = self.generator_tx.update(g_grads, state.generator_opt, g_params)
+        candidate = state.replace(
+            step=state.step + 1,
+            generator={**state.generator, **mutated, "params": optax.apply_updates(g_params, g_updates)},
+            generator_opt=g_opt)
+        metrics = {**named, "generator_loss": g_loss, "generator_grad_norm": optax.tree.norm(g_grads)}
+        finite = jnp.isfinite(g_loss)
+        if self.use_gan:
+            d_params = state.discriminator["params"]
+            d_loss, d_grads = jax.value_and_grad(self.discriminator_loss)(d_params, out["prediction"],
+                                                                          batch["driving"])
+            d_updates, d_opt = self.discriminator_tx.update(d_grads, state.discriminator_opt, d_params)
+            candidate = candidate.replace(discriminator={"params": optax.apply_updates(d_params, d_updates)},
+                                          discriminator_opt=d_opt)
+            metrics.update(discriminator_loss=d_loss, discriminator_grad_norm=optax.tree.norm(d_grads))
+            finite &= jnp.isfinite(d_loss)
+        # A non-finite loss would poison Adam's moments: keep the old state and count the skip.
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), candidate, state)
+        new_state = new_state.replace(step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32))
+        metrics.update(skipped=new_state.skipped, finite=finite.astype(jnp.float32),
+                       learning_rate=learning_rate(self.train.learning_rate, self.train.decay_steps)(state.step))
+        return new_state, metrics
+
+    def predict(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Generator outputs in eval mode (for image grids)."""
+        return self.generator.apply(state.generator, {k: batch[k] for k in BATCH_KEYS}, stage=self.stage)

@@ -1,0 +1,188 @@
+"""Training: sharded steps equal one device, non-finite steps are skipped, kill / preemption and resume are exact,
+warp weights seed the full stage, bf16 compute runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metaportrait_jax.config import load_config
+from metaportrait_jax.convert.vgg import perceptual_features
+from metaportrait_jax.data.datasets import build_synthetic
+from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
+from metaportrait_jax.data.sources import TfdsFrames
+from metaportrait_jax.train.checkpoint import load_model, save_model
+from metaportrait_jax.train.loop import _with_warp_from
+from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
+from metaportrait_jax.train.step import WARP_MODULES, Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ID_DIM = 64
+
+
+def _config(stage: str, *overrides: str):
+    return load_config(os.path.join(REPO, "configs", f"pretrain_{stage}.py:tiny"),
+                       [f"model.id_dim={ID_DIM}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small synthetic data set (smooth images: pixel noise would make warping gradients needlessly erratic)."""
+    return build_synthetic(str(tmp_path_factory.mktemp("train")), "r64_tiny")
+
+
+@pytest.fixture(scope="module")
+def perceptual():
+    network, params = perceptual_features("lpips_vgg16")
+    return network, {"params": params}
+
+
+def _batches(synthetic, count: int, batch_size: int = 8):
+    frames = TfdsFrames(synthetic, "train")
+    spec = PipelineSpec("pairs", batch_size, source="random")
+    iterator = make_iterator(make_dataset(frames, spec), spec)
+    return [next(iterator) for _ in range(count)]
+
+
+def _run_steps(trainer, perceptual, batches, mesh):
+    """Steps from the same initial state on `mesh`; returns the final state, per-step metrics and the step fn."""
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual[1])
+    sharding = tree_sharding(abstract, mesh)
+    state = jax.jit(trainer.init_state, out_shardings=sharding)(jax.random.key(0), perceptual[1])
+    step = jax.jit(trainer.step, in_shardings=(sharding, batch_sharding(mesh)), out_shardings=(sharding, None))
+    grads = jax.jit(jax.grad(lambda p, s, b: trainer.generator_losses(p, s, b)[0]),
+                    in_shardings=(sharding.generator["params"], sharding, batch_sharding(mesh)))
+    first_grads = grads(state.generator["params"], state, global_batch(batches[0], mesh))
+    history = []
+    for batch in batches:
+        state, metrics = step(state, global_batch(batch, mesh))
+        history.append({k: float(v) for k, v in metrics.items()})
+    return state, history, first_grads, step
+
+
+def test_eight_devices_with_fsdp_equal_one_device_and_nan_steps_are_skipped(synthetic, perceptual):
+    config = _config("warp")
+    trainer = Trainer(config, perceptual[0])
+    batches = _batches(synthetic, 3)
+    assert len(jax.devices()) == 8
+    single, single_history, single_grads, single_step = _run_steps(trainer, perceptual, batches,
+                                                                    make_mesh(devices=jax.devices()[:1]))
+    sharded, sharded_history, sharded_grads, _ = _run_steps(trainer, perceptual, batches, make_mesh(fsdp=2))
+    hourglass = sharded.generator["params"]["dense_motion_network"]["hourglass"]
+    assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
+               for x in jax.tree.leaves(hourglass)), "fsdp=2 should shard the large kernels"
+    # Gradients agree up to float32 round-off of another reduction order, amplified where it flips a ReLU or moves a
+    # sample point across a pixel edge (bilinear sampling's gradient jumps there): ~1e-5 of the largest gradient.
+    single_grads, sharded_grads = jax.device_get((single_grads, sharded_grads))
+    scale = max(np.max(np.abs(g)) for g in jax.tree.leaves(single_grads))
+    for a, b in zip(jax.tree.leaves(single_grads), jax.tree.leaves(sharded_grads)):
+        assert np.max(np.abs(a - b)) <= 1e-4 * scale
+    # The first step's loss and gradient norm agree to 1e-5; later steps start from weights that Adam moved by
+    # ±lr wherever a gradient was at round-off level (below), so they agree to 1e-3.
+    for index, (one, eight) in enumerate(zip(single_history, sharded_history)):
+        for key in ("generator_loss", "warp_perceptual", "generator_grad_norm"):
+            tolerance = 1e-5 if index == 0 else 1e-3
+            assert abs(one[key] - eight[key]) <= tolerance * abs(one[key]), (index, key, one[key], eight[key])
+    # Adam's first steps move each weight by about ±lr whatever the gradient's size, so weights whose gradient is at
+    # round-off level (e.g. conv biases right before an instance norm: their true gradient is 0) can differ by up to
+    # 2·lr per step; the weights as a whole agree to 1e-5 relative (or 5 % of one Adam step near zero).
+    lr = config.train.learning_rate * config.train.warp_lr_scale
+    differing = total = 0
+    for a, b in zip(jax.tree.leaves(single.generator["params"]), jax.tree.leaves(sharded.generator["params"])):
+        a, b = np.asarray(a), np.asarray(b)
+        diff = np.abs(a - b)
+        assert diff.max() <= 2 * lr * len(batches) * 1.01
+        differing += int(np.sum(diff > 1e-5 * np.abs(a) + 0.05 * lr))
+        total += a.size
+    assert differing / total < 0.01, differing / total
+    assert int(single.step) == 3
+
+    poisoned = dict(batches[0], source=np.full_like(batches[0]["source"], np.nan))
+    mesh = make_mesh(devices=jax.devices()[:1])
+    after, metrics = single_step(single, global_batch(poisoned, mesh))
+    assert int(after.skipped) == 1 and int(after.step) == 4 and float(metrics["finite"]) == 0.0
+    for a, b in zip(jax.tree.leaves((single.generator, single.generator_opt)),
+                    jax.tree.leaves((after.generator, after.generator_opt))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_full_stage_takes_the_warp_networks_from_a_warp_checkpoint(synthetic, perceptual, tmp_path):
+    warp = _config("warp")
+    trainer = Trainer(warp, perceptual[0])
+    warp_state = trainer.init_state(jax.random.key(7), perceptual[1])
+    save_model(str(tmp_path / "warp"), warp, jax.device_get(warp_state.generator))
+    full = Trainer(_config("full"), perceptual[0])
+    state = _with_warp_from(full.init_state(jax.random.key(8), perceptual[1]), str(tmp_path / "warp"))
+    _, stored, _ = load_model(str(tmp_path / "warp"))
+    for name, sub in state.generator["params"].items():
+        same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(stored["params"][name])))
+        assert same == (name in WARP_MODULES), name
+
+
+def test_bf16_compute_gives_finite_losses_close_to_fp32(synthetic, perceptual):
+    batch = _batches(synthetic, 1, 2)[0]
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        trainer = Trainer(_config("warp", f"train.compute_dtype={dtype!r}"), perceptual[0])
+        state = trainer.init_state(jax.random.key(0), perceptual[1])
+        new_state, metrics = jax.jit(trainer.step)(state, jax.tree.map(jnp.asarray, batch))
+        losses[dtype] = float(metrics["generator_loss"])
+        assert new_state.generator["params"]["ladder_network"]["fc"]["kernel"].dtype == jnp.float32
+    assert np.isfinite(losses["bfloat16"])
+    assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * losses["float32"]
+
+
+def _train_command(data: str, workdir: str, steps: int) -> list[str]:
+    return [sys.executable, "-m", "metaportrait_jax.cli", "train", "--config",
+            os.path.join(REPO, "configs", "pretrain_warp.py:tiny"), "--workdir", workdir, "--no-progress",
+            "--config.data.source=tfds", f"--config.data.path={data}",
+            f"--config.model.id_dim={ID_DIM}", "--config.train.batch_size=2", f"--config.train.steps={steps}",
+            "--config.train.checkpoint_every=1", "--config.train.log_every=1", "--config.train.image_every=0",
+            "--config.data.pair_source=random"]
+
+
+def _logged_steps(workdir: str) -> list[int]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f if line.strip()]
+
+
+def _start_and_signal(command: list[str], workdir: str, at_step: int, signum: int) -> int:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while max(_logged_steps(workdir), default=0) < at_step and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=300)
+    assert "Traceback" not in output, output[-3000:]
+    return process.returncode
+
+
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic, tmp_path):
+    steps = 6
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    straight = str(tmp_path / "straight")
+    subprocess.run(_train_command(synthetic, straight, steps), env=env, check=True, capture_output=True)
+
+    interrupted = str(tmp_path / "interrupted")
+    command = _train_command(synthetic, interrupted, steps)
+    rng = np.random.default_rng()
+    assert _start_and_signal(command, interrupted, int(rng.integers(1, 3)), signal.SIGTERM) == 0  # saves, exits
+    assert _start_and_signal(command, interrupted, int(rng.integers(3, 5)), signal.SIGKILL) == -signal.SIGKILL
+    subprocess.run(command, env=env, check=True, capture_output=True)
+
+    _, ours, _ = load_model(os.path.join(interrupted, "export"))
+    _, reference, _ = load_model(os.path.join(straight, "export"))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(set(_logged_steps(interrupted))) == list(range(1, steps + 1))
