@@ -51,6 +51,14 @@ def cmd_preprocess(args, overrides):
         raise _UsageError("preprocess takes no --config.* overrides")
     report = preprocess(args.input, args.output, args.size)
     print(format_report(report))
+    if args.tfds:
+        from metaportrait_jax.data.datasets import build_from_official_layout
+        from metaportrait_jax.data.preprocess import TOPOLOGY
+
+        if report.clips_done + report.clips_already_done == 0:
+            raise _UsageError(f"{args.output}: no clip was preprocessed, so there is nothing to put in a TFDS data set")
+        directory = build_from_official_layout(args.output, args.tfds, TOPOLOGY, args.size, 128)
+        print(f"talking_head_videos data set: {directory}")
 
 
 def cmd_demo(args, overrides):
@@ -192,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a video, a folder of frame images (one clip), or a folder of videos and frame folders")
     p.add_argument("--output", required=True, help="output root in the official layout (a rerun resumes it)")
     p.add_argument("--size", type=_positive_int, default=256, help="side of the square face crops in pixels")
+    p.add_argument("--tfds", metavar="DATA_DIR", help="also build a talking_head_videos TFDS data set there")
     p.set_defaults(run=cmd_preprocess)
 
     p = sub.add_parser("data", help="build a TFDS data set (array_record) of frames for the input pipelines")

@@ -16,6 +16,7 @@ skimage_data = pytest.importorskip("skimage.data")
 from metaportrait_jax.cli import main  # noqa: E402
 from metaportrait_jax.data import preprocess as pp  # noqa: E402
 from metaportrait_jax.data.official_layout import OfficialLayout, read_src_map  # noqa: E402
+from metaportrait_jax.data.sources import TfdsFrames  # noqa: E402
 from metaportrait_jax.eval.video import write_mp4  # noqa: E402
 from metaportrait_jax.ops.topology import get_topology  # noqa: E402
 
@@ -159,8 +160,11 @@ def test_frame_folder_with_a_corrupt_image_through_the_cli(tmp_path, capsys):
         cv2.imwrite(str(folder / f"f{i}.png"), frame[..., ::-1])
     (folder / "f3.png").write_bytes(b"not a png")
     out = str(tmp_path / "out")
-    assert main(["preprocess", "--input", str(folder), "--output", out, "--size", "128"]) == 0
+    assert main(["preprocess", "--input", str(folder), "--output", out, "--size", "128",
+                 "--tfds", str(tmp_path / "tfds")]) == 0
     captured = capsys.readouterr()
+    frames_tfds = TfdsFrames(re.search(r"talking_head_videos data set: (\S+)", captured.out).group(1), "train")
+    assert len(frames_tfds) == 1 + 3 and frames_tfds.topology.name == "mediapipe478" and frames_tfds.id_dim == 128
     assert re.search(r"frames kept +3\n", captured.out) and re.search(r"files unreadable +1\n", captured.out)
     assert "f3.png: not a readable image" in captured.err
     assert len(OfficialLayout.open(out, get_topology("mediapipe478"), 128, 128)) == 3

@@ -186,3 +186,17 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic,
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert sorted(set(_logged_steps(interrupted))) == list(range(1, steps + 1))
+
+
+def test_loss_falls_on_a_tiny_synthetic_run(synthetic, perceptual):
+    trainer = Trainer(_config("warp", "train.learning_rate=2e-3"), perceptual[0])
+    frames = TfdsFrames(synthetic, "train")
+    spec = PipelineSpec("pairs", 4, source="random")
+    iterator = make_iterator(make_dataset(frames, spec), spec)
+    state = trainer.init_state(jax.random.key(0), perceptual[1])
+    step = jax.jit(trainer.step, donate_argnums=0)
+    losses = []
+    for _ in range(24):
+        state, metrics = step(state, jax.tree.map(jnp.asarray, next(iterator)))
+        losses.append(float(metrics["warp_perceptual"]))
+    assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6]), losses

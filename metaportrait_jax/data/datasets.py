@@ -53,14 +53,16 @@ class SyntheticPlan:
                          start=start, length=np.full(clips, self.frames_per_clip, np.int64))
 
 
-# name -> plan; `r<size>` are the defaults per resolution, `_tiny` for tests, `_large` for longer studies.
+# name -> plan; `r<size>` are the defaults per resolution, `_tiny` for tests, `_large` for longer studies. The
+# identity size matches the model preset trained on each (tiny: 64, official_256: 256).
 SYNTHETIC_CONFIGS = {
     "r64": SyntheticPlan(64),
     "r128": SyntheticPlan(128, train_identities=24, test_identities=8),
-    "r256": SyntheticPlan(256, train_identities=16, test_identities=8, frames_per_clip=24),
+    "r256": SyntheticPlan(256, train_identities=16, test_identities=8, frames_per_clip=24, id_dim=256),
     "r64_tiny": SyntheticPlan(64, train_identities=4, test_identities=2, frames_per_clip=8),
     "r64_large": SyntheticPlan(64, train_identities=256, test_identities=32, clips_per_identity=3, frames_per_clip=48),
-    "r256_large": SyntheticPlan(256, train_identities=128, test_identities=16, clips_per_identity=3, frames_per_clip=48),
+    "r256_large": SyntheticPlan(256, train_identities=128, test_identities=16, clips_per_identity=3, frames_per_clip=48,
+                                id_dim=256),
 }
 
 
