@@ -2,7 +2,7 @@
 
   metaportrait-jax train --config configs/pretrain_warp.py:tiny --workdir runs/warp_tiny
   metaportrait-jax train --config configs/pretrain_warp.py:official_256 --workdir runs/warp \
-      --config.data.source=layout --config.data.path=data/ --config.data.topology=dense669
+      --config.data.source=layout --config.data.path=data/ --config.model.topology=dense669
 
 Variants: `tiny` (64², synthetic r64) and `official_256` (the released architecture, synthetic r256).
 """

@@ -62,34 +62,68 @@ def cmd_preprocess(args, overrides):
 
 
 def cmd_demo(args, overrides):
-    """The inference pipeline end to end on generated inputs (a trained demo needs the training stages)."""
-    import shutil
+    """End to end on the embedded synthetic data: build it, pretrain the warp then the full stage (tiny, 64²), and
+    animate held-out persons: each one's first-clip source frame driven by its second clip (ground truth known)."""
+    import json
 
-    import jax
+    import numpy as np
 
-    from metaportrait_jax.data.official_layout import write_sample_layout
-    from metaportrait_jax.eval.animate import animate_official
-    from metaportrait_jax.models.generator import Generator, dummy_batch
-    from metaportrait_jax.models.summary import format_summary, model_summary
-    from metaportrait_jax.train.checkpoint import save_model
+    from metaportrait_jax.data.datasets import build_synthetic
+    from metaportrait_jax.data.sources import TfdsFrames
+    from metaportrait_jax.eval.animate import animate_frames
+    from metaportrait_jax.eval.video import write_mp4
+    from metaportrait_jax.train.checkpoint import load_model
 
-    official = _load_config(os.path.join(REPO_CONFIGS, "official_256.py"), ())
-    print(format_summary(model_summary(official.model), "official_256 (the released architecture)"))
-    config = _load_config(args.config, overrides)
     out = os.path.abspath(args.output)
-    if os.path.exists(out):
-        shutil.rmtree(out)  # the demo's own folder: a rerun starts clean
-    data = os.path.join(out, "data")
-    write_sample_layout(data, (4, 4), config.model.image_size, config.model.id_dim, seed=config.seed)
-    variables = Generator(config.model).init(jax.random.key(config.seed), dummy_batch(config.model))
-    save_model(os.path.join(out, "checkpoint"), config, variables)
-    video = animate_official(os.path.join(out, "checkpoint"), data, os.path.join(out, "frames"))
-    print(f"demo outputs in {out}: data/ (official layout), checkpoint/ (Orbax + config.json), frames/ and {video}")
+    common = [f"data.data_dir={os.path.join(out, 'data')}", "train.image_every=50", "train.checkpoint_every=100"]
+    warp = _load_config(os.path.join(REPO_CONFIGS, "pretrain_warp.py:tiny"),
+                        [*common, f"train.steps={args.warp_steps}", f"train.decay_steps=({args.warp_steps},)",
+                         *overrides])
+    print(f"1/3 warp stage, {args.warp_steps} steps -> {out}/warp (TensorBoard: tensorboard --logdir {out})")
+    warp_export = train_from_config(warp, os.path.join(out, "warp"))
+    full = _load_config(os.path.join(REPO_CONFIGS, "pretrain_full.py:tiny"),
+                        [*common, f"train.steps={args.full_steps}", f"train.decay_steps=({args.full_steps},)",
+                         f"init_from={warp_export}", *overrides])
+    print(f"2/3 full stage, {args.full_steps} steps -> {out}/full")
+    full_export = train_from_config(full, os.path.join(out, "full"))
+    if warp_export is None or full_export is None:
+        print(f"stopped early; rerun to resume from {out}")
+        return
+
+    print("3/3 animating held-out persons (source from clip 1, motion and ground truth from clip 2)")
+    config, variables, _ = load_model(full_export)
+    test = TfdsFrames(build_synthetic(config.data.data_dir, config.data.synthetic), "test")
+    rows, scores = [], {"prediction": [], "source_copy": []}
+    for person in test.clips.persons()[:args.persons]:
+        first, second = test.clips.clips_of(person)[:2]
+        drivers = range(int(test.clips.start[second]), int(test.clips.start[second] + test.clips.length[second]))
+        result = animate_frames(config.model, variables, test, int(test.clips.source[first]), drivers)
+        source = np.broadcast_to(test[int(test.clips.source[first])]["image"], result["driving"].shape)
+        rows.append(np.concatenate([source, result["driving"], result["deformed"], result["prediction"]], axis=2))
+        truth = result["driving"].astype(np.float64)
+        for name, images in (("prediction", result["prediction"]), ("source_copy", source)):
+            mse = np.mean((images.astype(np.float64) - truth) ** 2)
+            scores[name].append(10 * np.log10(255 ** 2 / mse))
+    video = np.concatenate(rows, axis=1)  # [T, persons·H, 4·W, 3]
+    write_mp4(os.path.join(out, "animation.mp4"), video, fps=config.inference.fps)
+    step = max(1, len(video) // 6)
+    from PIL import Image
+
+    Image.fromarray(np.concatenate(list(video[::step][:6]), axis=1)).save(os.path.join(out, "animation.png"))
+    summary = {name: float(np.mean(v)) for name, v in scores.items()}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({"psnr_db": summary, "persons": len(rows), "frames_per_person": len(video)}, f, indent=1)
+    print(f"held-out PSNR: prediction {summary['prediction']:.2f} dB vs copying the source "
+          f"{summary['source_copy']:.2f} dB")
+    print(f"demo outputs in {out}: animation.mp4 and animation.png (rows: persons; columns: source | driving | "
+          f"warped source | prediction), metrics.json, warp/ and full/ (checkpoints, TensorBoard, metrics.jsonl)")
 
 
 def cmd_data(args, overrides):
     from metaportrait_jax.data import datasets
 
+    if overrides:
+        raise _UsageError("data takes no --config.* overrides")
     if args.what == "synthetic":
         directory = datasets.build_synthetic(args.data_dir, args.config)
     else:
@@ -110,40 +144,67 @@ def open_frames(data, model):
     elif data.source == "tfds":
         frames = sources.TfdsFrames(data.path, data.split)
     elif data.source == "layout":
-        frames = sources.OfficialLayoutFrames(data.path, get_topology(data.topology), model.image_size, model.id_dim)
+        frames = sources.OfficialLayoutFrames(data.path, get_topology(model.topology), model.image_size, model.id_dim)
     else:
         raise _UsageError(f"config.data.source must be synthetic, tfds or layout, got {data.source!r}")
     problems = [f"{name} {have} (model expects {want})" for name, have, want in (
         ("image size", frames.image_size, model.image_size), ("identity size", frames.id_dim, model.id_dim),
-        ("gaze points", frames.topology.num_gaze, model.num_gaze)) if have != want]
+        ("gaze points", frames.topology.num_gaze, model.num_gaze),
+        ("landmark topology", frames.topology.name, model.topology)) if have != want]
     if problems:
         raise _UsageError(f"the data does not fit the model: {', '.join(problems)}; set --config.model.* to match")
     return frames
 
 
-def cmd_train(args, overrides):
+def train_from_config(config, workdir: str, progress: bool = True) -> str | None:
+    """Runs (or resumes) the training `config` describes; returns the exported model checkpoint once complete."""
     import jax
 
     from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
     from metaportrait_jax.train.checkpoint import save_model
     from metaportrait_jax.train.loop import run
-    from metaportrait_jax.train.sharding import initialize_processes
 
-    initialize_processes()
-    config = _load_config(args.config, overrides)
     frames = open_frames(config.data, config.model)
     spec = PipelineSpec("pairs", config.train.batch_size, seed=config.seed, source=config.data.pair_source,
                         workers=config.data.workers)
     dataset = make_dataset(frames, spec, jax.process_index(), jax.process_count())
     network, params = perceptual_features(config.train.perceptual)
-    state = run(config, args.workdir, lambda s: make_iterator(dataset, spec, s), network, {"params": params},
-                progress=not args.no_progress)
-    if int(state.step) >= config.train.steps and jax.process_index() == 0:
-        export = os.path.join(args.workdir, "export")
-        if not os.path.exists(export):
-            save_model(export, config, jax.device_get(state.generator), jax.device_get(state.discriminator))
+    encoder, encoder_variables = (load_identity_encoder(config.train.identity_encoder)
+                                  if config.train.loss.identity > 0 else (None, None))
+    state = run(config, workdir, lambda s: make_iterator(dataset, spec, s), network, {"params": params},
+                encoder, encoder_variables, progress=progress)
+    if int(state.step) < config.train.steps:
+        return None
+    export = os.path.join(workdir, "export")
+    if jax.process_index() == 0 and not os.path.exists(export):
+        save_model(export, config, jax.device_get(state.generator), jax.device_get(state.discriminator))
+    return export
+
+
+def load_identity_encoder(spec: str):
+    """`package.module:factory` -> factory() = (flax module, variables): the pluggable identity-loss encoder."""
+    import importlib
+
+    module_name, _, factory = spec.partition(":")
+    if not module_name or not factory:
+        raise _UsageError(f"train.identity_encoder must look like package.module:factory, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module_name), factory)()
+    except (ImportError, AttributeError) as e:
+        raise _UsageError(f"train.identity_encoder {spec!r}: {e}") from None
+
+
+def cmd_train(args, overrides):
+    from metaportrait_jax.train.sharding import initialize_processes
+
+    initialize_processes()
+    config = _load_config(args.config, overrides)
+    export = train_from_config(config, args.workdir, progress=not args.no_progress)
+    if export:
         print(f"trained {config.train.steps} steps; model checkpoint: {export}")
+    else:
+        print(f"stopped early; rerun the same command to resume from {args.workdir}")
 
 
 class _UsageError(ValueError):
@@ -221,9 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("demo", help="run the pipeline end to end on generated inputs")
-    p.add_argument("--config", default=os.path.join(REPO_CONFIGS, "tiny.py"))
-    p.add_argument("--output", default="results/demo")
+    p = sub.add_parser("demo", help="end to end on the synthetic data: build, pretrain warp + full, animate")
+    p.add_argument("--output", default="results/demo", help="work directory (a rerun resumes it)")
+    p.add_argument("--warp-steps", type=_positive_int, default=300)
+    p.add_argument("--full-steps", type=_positive_int, default=300)
+    p.add_argument("--persons", type=_positive_int, default=4, help="held-out persons to animate")
     p.set_defaults(run=cmd_demo)
     return parser
 

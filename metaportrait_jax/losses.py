@@ -74,5 +74,12 @@ def feature_matching_loss(real_features: Sequence[jax.Array], fake_features: Seq
     return total
 
 
+def identity_loss(embedding: jax.Array, source_id: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """mean(1 − cos(embedding, source_id)) over the batch: `[B, D]` each (the intent of the official dead code)."""
+    cosine = jnp.sum(embedding * source_id, axis=-1) / (
+        jnp.linalg.norm(embedding, axis=-1) * jnp.linalg.norm(source_id, axis=-1) + eps)
+    return jnp.mean(1.0 - cosine)
+
+
 def sum_losses(losses: Mapping[str, jax.Array]) -> jax.Array:
     return sum(losses.values(), jnp.zeros((), jnp.float32))

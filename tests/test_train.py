@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from metaportrait_jax.config import load_config
@@ -200,3 +202,30 @@ def test_loss_falls_on_a_tiny_synthetic_run(synthetic, perceptual):
         state, metrics = step(state, jax.tree.map(jnp.asarray, next(iterator)))
         losses.append(float(metrics["warp_perceptual"]))
     assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6]), losses
+
+
+class TinyFaceEncoder(nn.Module):
+    """A stand-in identity encoder: any module mapping images to [B, id_dim] plugs in."""
+
+    @nn.compact
+    def __call__(self, images):
+        return nn.Dense(ID_DIM)(jnp.mean(nn.Conv(8, (3, 3))(images), axis=(1, 2)))
+
+
+def test_identity_loss_uses_the_pluggable_encoder(synthetic, perceptual):
+    encoder = TinyFaceEncoder()
+    encoder_variables = encoder.init(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))
+    config = _config("full", "train.loss.identity=20.0", "train.loss.generator_gan=0.0")
+    with pytest.raises(ValueError, match="needs an identity encoder"):
+        Trainer(config, perceptual[0])
+    trainer = Trainer(config, perceptual[0], encoder)
+    state = trainer.init_state(jax.random.key(0), perceptual[1], encoder_variables)
+    batch = jax.tree.map(jnp.asarray, _batches(synthetic, 1, 2)[0])
+    params = state.generator["params"]
+    _, (named, out, _) = trainer.generator_losses(params, state, batch)
+    embedding = encoder.apply(encoder_variables, out["prediction"])
+    cosine = jnp.sum(embedding * batch["source_id"], -1) / (
+        jnp.linalg.norm(embedding, axis=-1) * jnp.linalg.norm(batch["source_id"], axis=-1))
+    np.testing.assert_allclose(float(named["identity"]), 20.0 * float(jnp.mean(1 - cosine)), rtol=1e-5)
+    grads = jax.grad(lambda p: trainer.generator_losses(p, state, batch)[1][0]["identity"])(params)
+    assert float(optax.tree.norm(grads["SPDAE_G"])) > 0

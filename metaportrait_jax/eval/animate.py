@@ -1,4 +1,5 @@
-"""`animate --official-data`: self-reconstruction on data in the official inference layout."""
+"""Animation: self-reconstruction on official-layout folders (`animate --official-data`) and cross-clip
+reenactment on any frame source (one source frame driven by another clip's frames)."""
 
 import os
 
@@ -8,8 +9,10 @@ import numpy as np
 from tqdm import tqdm
 
 from metaportrait_jax.data.official_layout import OfficialLayout
+from metaportrait_jax.data.pipeline import pair_example
+from metaportrait_jax.data.sources import FrameSource
 from metaportrait_jax.eval.video import to_uint8, write_mp4
-from metaportrait_jax.models.generator import Generator
+from metaportrait_jax.models.generator import BATCH_KEYS, Generator
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.checkpoint import load_model
 
@@ -39,3 +42,26 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     fps = config.get("inference", {}).get("fps", 23.98)
     write_mp4(video, (imageio.imread(os.path.join(output_dir, n)) for n in sorted(written)), fps)
     return video
+
+
+def animate_frames(model_config, variables, frames: FrameSource, source_record: int, driving_records,
+                   batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Drives frame `source_record` with each of `driving_records`, all records of `frames`.
+
+    Returns uint8 `[T, H, W, 3]` arrays: `prediction`, `deformed` (the warped source) and `driving` (the ground
+    truth when source and driving frames show the same person).
+    """
+    forward = jax.jit(lambda v, b: Generator(model_config).apply(v, b))
+    source = frames[int(source_record)]
+    examples = [pair_example(source, frames[int(r)], source["identity"], frames.topology) for r in driving_records]
+    outputs = {"prediction": [], "deformed": [], "driving": []}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        valid = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - valid)  # one compiled shape
+        batch = {k: np.stack([e[k] for e in chunk]) for k in (*BATCH_KEYS, "driving")}
+        out = forward(variables, {k: batch[k] for k in BATCH_KEYS})
+        for key, value in (("prediction", out["prediction"]), ("deformed", out["deformed"]),
+                           ("driving", batch["driving"])):
+            outputs[key].append(to_uint8(np.asarray(value)[:valid]))
+    return {k: np.concatenate(v) for k, v in outputs.items()}

@@ -23,7 +23,10 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
         pyramid_scales=(1.0, 0.5, 0.25, 0.125),
         perceptual="lpips_vgg16",     # offline default; "torchvision_vgg19:<path.pth>" is the official VGG19
         loss=dict(warp_perceptual=(10.0,) * 5, perceptual=(10.0,) * 5, eye=50.0, mouth=50.0, generator_gan=1.0,
-                  feature_matching=(10.0,) * 4, discriminator_gan=1.0),
+                  feature_matching=(10.0,) * 4, discriminator_gan=1.0, identity=0.0),
+        # "package.module:factory" returning (flax module, variables) that embed [B, H, W, 3] images in [0, 1] as
+        # [B, model.id_dim]; used when loss.identity > 0 (official weight 20, but its loss code is disabled)
+        identity_encoder="",
         fsdp=1,                       # devices per parameter shard (1 = plain data parallelism)
         log_every=10,
         image_every=100,
@@ -33,13 +36,15 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
 
 
 def data_defaults(synthetic_config: str) -> ml_collections.ConfigDict:
-    """Where pairs come from: `source` 'synthetic' (built on first use), 'tfds' (a built dir) or 'layout'."""
+    """Where pairs come from: `source` 'synthetic' (built on first use), 'tfds' (a built dir) or 'layout'.
+
+    The landmark topology is the model's (`config.model.topology`): line images are drawn with it.
+    """
     return ml_collections.ConfigDict(dict(
         source="synthetic",
         synthetic=synthetic_config,
         data_dir="data/tfds",         # synthetic: TFDS data dir to build into / read from
         path="",                      # tfds: a built data set directory; layout: the official-layout folder
-        topology="mediapipe478",      # layout: landmark topology of its files
         split="train",
         pair_source="clip",           # "clip": the clip's source frame (official); "random": any frame of the clip
         workers=2,
@@ -53,6 +58,7 @@ def pretrain_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = generator_config(variant)
     config.model.id_dim = id_dim
+    config.model.topology = "synthetic"  # the landmarks of the default data; set to the data's own otherwise
     config.seed = 365
     config.train = train_defaults(stage)
     config.data = data_defaults(synthetic)

@@ -114,7 +114,8 @@ class MetricsLog:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[[dict | None], BatchIterator],
-        perceptual_network, perceptual_params: dict[str, Any], progress: bool = True) -> TrainState:
+        perceptual_network, perceptual_params: dict[str, Any], identity_encoder=None,
+        identity_params: dict[str, Any] | None = None, progress: bool = True) -> TrainState:
     """Trains `config.train.steps` steps (resuming from the latest checkpoint in `workdir`); returns the state.
 
     Stops early, after saving, on SIGTERM/SIGINT.
@@ -124,8 +125,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     if jax.process_index() == 0:
         save_config(config, os.path.join(workdir, "config.json"))
     mesh = make_mesh(train.fsdp)
-    trainer = Trainer(config, perceptual_network)
-    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual_params)
+    trainer = Trainer(config, perceptual_network, identity_encoder)
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual_params, identity_params)
     state_sharding = tree_sharding(abstract, mesh)
     step_fn = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
                       out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
@@ -147,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         print(f"resumed from {workdir}/checkpoints/{latest}", flush=True)
     else:
         init = jax.jit(trainer.init_state, out_shardings=state_sharding)
-        state = init(jax.random.key(config.seed), perceptual_params)
+        state = init(jax.random.key(config.seed), perceptual_params, identity_params)
         if config.get("init_from"):
             state = jax.device_put(_with_warp_from(state, config.init_from), state_sharding)
         iterator_state = None

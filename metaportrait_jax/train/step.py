@@ -6,7 +6,8 @@ What the official trainer does, and where we differ (spec §3):
   discriminator's *own* gradients separately (the official G clip also counts D's gradients from the G losses);
 - warp stage: only the perceptual loss of the warped source; the refine network is frozen;
 - full stage: warp perceptual + perceptual + eye + mouth + LSGAN + feature matching; then the D step (LSGAN) on the
-  same prediction;
+  same prediction; optionally an identity loss through any pluggable face encoder (off by default: the official
+  one is commented out and its encoder is private);
 - a step whose loss is not finite changes nothing but the `skipped` counter;
 - `compute_dtype='bfloat16'` runs the networks in bf16 with fp32 parameters, optimiser and losses (the official
   fp16 autocast needs a loss scaler; bf16 does not).
@@ -40,6 +41,7 @@ class TrainState:
     discriminator_opt: Any
     perceptual: dict[str, Any]      # frozen feature-network variables
     skipped: jax.Array              # int32: steps whose loss was not finite
+    identity: dict[str, Any] = flax.struct.field(default_factory=dict)  # frozen identity-encoder variables
 
 
 def finite_gradients(limit: float = GRADIENT_LIMIT) -> optax.GradientTransformation:
@@ -87,8 +89,14 @@ def _cast(tree, dtype):
 class Trainer:
     """Builds the initial state and the step of one stage for a config (`config.model`, `config.train`)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, perceptual_network: nn.Module):
+    def __init__(self, config: ml_collections.ConfigDict, perceptual_network: nn.Module,
+                 identity_encoder: nn.Module | None = None):
+        """`identity_encoder` maps `[B, H, W, 3]` images in [0, 1] to `[B, model.id_dim]` embeddings; it is required
+        when `train.loss.identity` > 0."""
         self.config, self.train = config, config.train
+        if self.train.loss.identity > 0 and identity_encoder is None:
+            raise ValueError("train.loss.identity > 0 needs an identity encoder (train.identity_encoder)")
+        self.identity_encoder = identity_encoder
         if self.train.stage not in STAGES:
             raise ValueError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
         self.stage = self.train.stage
@@ -108,12 +116,14 @@ class Trainer:
         discriminator = self.discriminator.init(d_rng, jnp.zeros((1, size, size, 3)))
         return dict(generator), dict(discriminator)
 
-    def init_state(self, rng: jax.Array, perceptual: dict[str, Any]) -> TrainState:
+    def init_state(self, rng: jax.Array, perceptual: dict[str, Any],
+                   identity: dict[str, Any] | None = None) -> TrainState:
         generator, discriminator = self._init_models(rng)
         return TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
                           generator_opt=self.generator_tx.init(generator["params"]),
                           discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
-                          perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32))
+                          perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32),
+                          identity=dict(identity or {}))
 
     def _features(self, perceptual: dict[str, Any]) -> Callable[[jax.Array], list[jax.Array]]:
         def features(images: jax.Array) -> list[jax.Array]:
@@ -144,6 +154,10 @@ class Trainer:
                 named["eye"] = L.masked_box_loss(prediction, driving, batch["eye_mask"], scales, w.eye)
             if w.mouth:
                 named["mouth"] = L.masked_box_loss(prediction, driving, batch["mouth_mask"], scales, w.mouth)
+            if w.identity:
+                embedding = self.identity_encoder.apply(_cast(state.identity, self.compute_dtype),
+                                                        prediction.astype(self.compute_dtype))
+                named["identity"] = w.identity * L.identity_loss(embedding.astype(jnp.float32), batch["source_id"])
             if self.use_gan:
                 d_params = state.discriminator["params"]
                 real_features, _ = self._discriminate(d_params, driving)
