@@ -75,7 +75,9 @@ def cmd_demo(args, overrides):
     from metaportrait_jax.train.checkpoint import load_model
 
     out = os.path.abspath(args.output)
-    common = [f"data.data_dir={os.path.join(out, 'data')}", "train.image_every=50", "train.checkpoint_every=100"]
+    # 5x the official learning rate: a few hundred CPU steps then show the model at work (override to change it)
+    common = [f"data.data_dir={os.path.join(out, 'data')}", "train.image_every=50", "train.checkpoint_every=100",
+              "train.learning_rate=1e-3"]
     warp = _load_config(os.path.join(REPO_CONFIGS, "pretrain_warp.py:tiny"),
                         [*common, f"train.steps={args.warp_steps}", f"train.decay_steps=({args.warp_steps},)",
                          *overrides])
@@ -93,7 +95,7 @@ def cmd_demo(args, overrides):
     print("3/3 animating held-out persons (source from clip 1, motion and ground truth from clip 2)")
     config, variables, _ = load_model(full_export)
     test = TfdsFrames(build_synthetic(config.data.data_dir, config.data.synthetic), "test")
-    rows, scores = [], {"prediction": [], "source_copy": []}
+    rows, scores = [], {"prediction": [], "warped_source": [], "source_copy": []}
     for person in test.clips.persons()[:args.persons]:
         first, second = test.clips.clips_of(person)[:2]
         drivers = range(int(test.clips.start[second]), int(test.clips.start[second] + test.clips.length[second]))
@@ -101,7 +103,8 @@ def cmd_demo(args, overrides):
         source = np.broadcast_to(test[int(test.clips.source[first])]["image"], result["driving"].shape)
         rows.append(np.concatenate([source, result["driving"], result["deformed"], result["prediction"]], axis=2))
         truth = result["driving"].astype(np.float64)
-        for name, images in (("prediction", result["prediction"]), ("source_copy", source)):
+        for name, images in (("prediction", result["prediction"]), ("warped_source", result["deformed"]),
+                             ("source_copy", source)):
             mse = np.mean((images.astype(np.float64) - truth) ** 2)
             scores[name].append(10 * np.log10(255 ** 2 / mse))
     video = np.concatenate(rows, axis=1)  # [T, persons·H, 4·W, 3]
@@ -109,14 +112,43 @@ def cmd_demo(args, overrides):
     step = max(1, len(video) // 6)
     from PIL import Image
 
-    Image.fromarray(np.concatenate(list(video[::step][:6]), axis=1)).save(os.path.join(out, "animation.png"))
+    grid = np.concatenate(list(video[::step][:6]), axis=1)
+    Image.fromarray(grid).resize((2 * grid.shape[1], 2 * grid.shape[0]), Image.NEAREST).save(
+        os.path.join(out, "animation.png"))
+    plot_losses({stage: os.path.join(out, stage, "metrics.jsonl") for stage in ("warp", "full")},
+                os.path.join(out, "losses.png"))
     summary = {name: float(np.mean(v)) for name, v in scores.items()}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({"psnr_db": summary, "persons": len(rows), "frames_per_person": len(video)}, f, indent=1)
-    print(f"held-out PSNR: prediction {summary['prediction']:.2f} dB vs copying the source "
-          f"{summary['source_copy']:.2f} dB")
+    print(f"held-out PSNR: prediction {summary['prediction']:.2f} dB, warped source {summary['warped_source']:.2f} "
+          f"dB, copying the source {summary['source_copy']:.2f} dB")
     print(f"demo outputs in {out}: animation.mp4 and animation.png (rows: persons; columns: source | driving | "
-          f"warped source | prediction), metrics.json, warp/ and full/ (checkpoints, TensorBoard, metrics.jsonl)")
+          f"warped source | prediction), losses.png, metrics.json, warp/ and full/ (checkpoints, TensorBoard, "
+          f"metrics.jsonl)")
+
+
+def plot_losses(logs: dict[str, str], path: str) -> None:
+    """One panel per training run: every loss in its metrics.jsonl against the step (log scale)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(logs), figsize=(6 * len(logs), 4), squeeze=False)
+    for ax, (name, log) in zip(axes[0], logs.items()):
+        with open(log) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        for key in ("warp_perceptual", "perceptual", "eye", "mouth", "feature_matching", "generator_gan",
+                    "discriminator_loss"):
+            if key in rows[0]:
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=key)
+        ax.set(title=f"{name} stage", xlabel="step", yscale="log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def cmd_data(args, overrides):
