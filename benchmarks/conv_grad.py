@@ -99,6 +99,9 @@ def time_shape(batch, size, cin, cout, k, stride, padding, repeats):
     return _alternate(fns, args, repeats), errors
 
 
+METHOD = ["auto"]  # conv2d's weight_grad_method in the generator runs (--method)
+
+
 class _LaxProxy:
     """`jax.lax` with `conv_general_dilated` routed to conv2d where the call is a plain NHWC/HWIO conv."""
 
@@ -113,7 +116,7 @@ class _LaxProxy:
                  and lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)) and feature_group_count == 1
                  and not kwargs)
         if plain:
-            return conv2d(lhs, rhs, s0, p0)
+            return conv2d(lhs, rhs, s0, p0, weight_grad_method=METHOD[0])
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                             dimension_numbers, feature_group_count, **kwargs)
 
@@ -149,15 +152,16 @@ def time_generator(variant: str, repeats: int) -> dict[str, float]:
     params = variables["params"]
     spectral = {k: v for k, v in variables.items() if k != "params"}
 
-    def prediction(params):
-        out, _ = model.apply({**spectral, "params": params}, batch, train=True, mutable=["spectral"])
-        return out["prediction"]
-
-    def l1_step(params):
-        return jax.value_and_grad(lambda p: jnp.mean(jnp.abs(prediction(p) - target)))(params)
-
     fns, args = {}, {}
     for impl in ("lax", "ours"):
+        # Fresh closures per implementation: jit caches traces by function, and the swap happens at trace time.
+        def prediction(params):
+            out, _ = model.apply({**spectral, "params": params}, batch, train=True, mutable=["spectral"])
+            return out["prediction"]
+
+        def l1_step(params, prediction=prediction):
+            return jax.value_and_grad(lambda p: jnp.mean(jnp.abs(prediction(p) - target)))(params)
+
         with layers_use_conv2d() if impl == "ours" else contextlib.nullcontext():
             fns[f"forward {impl}"] = jax.jit(prediction).lower(params).compile()
             fns[f"l1 step {impl}"] = jax.jit(l1_step).lower(params).compile()
@@ -179,7 +183,9 @@ def main() -> None:
     parser.add_argument("--no-shapes", action="store_true")
     parser.add_argument("--no-generator", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="substrings of shape labels to run")
+    parser.add_argument("--method", default="auto", help="conv2d weight_grad_method for the generator runs")
     args = parser.parse_args()
+    METHOD[0] = args.method
     print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, jax {jax.__version__}, "
           f"fp32; {_load()}", flush=True)
     if not args.no_shapes:
@@ -200,7 +206,7 @@ def main() -> None:
     if not args.no_generator:
         for variant in args.variants:
             t = time_generator(variant, args.step_repeats)
-            print(f"{variant}: forward lax {t['forward lax']:.0f} ms / ours {t['forward ours']:.0f} ms; L1 step lax "
+            print(f"{variant} ({args.method}): forward lax {t['forward lax']:.0f} ms / ours {t['forward ours']:.0f} ms; L1 step lax "
                   f"{t['l1 step lax']:.0f} ms / ours {t['l1 step ours']:.0f} ms "
                   f"({t['l1 step lax'] / t['l1 step ours']:.2f}x); |loss diff| {t['loss diff']:.1e}, worst grad "
                   f"rel diff {t['worst grad rel diff']:.1e}; {_load()}", flush=True)

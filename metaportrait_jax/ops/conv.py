@@ -66,18 +66,20 @@ def _patch_product(xs: jax.Array, gs: jax.Array, kh: int, kw: int, stride: int, 
                                preferred_element_type=acc_dtype)
 
 
-def prefer_lax(batch: int, in_c: int, out_c: int, taps: int, stride: int) -> bool:
+def prefer_lax(batch: int, in_c: int, out_c: int, taps: int, stride: int, pixels: int) -> bool:
     """Where XLA's own weight gradient measured faster (2-core EPYC, jax 0.10.2; benchmarks/conv_grad.py).
 
     XLA's weight-gradient convolution contracts over the batch as its channel dimension and holds the whole output
     gradient as its kernel: it does well with batch >= 4 and when the output gradient is thin (few output channels,
-    many input channels, e.g. 128->64, 64->32, 512->128 at 3x3); the products here win for batch 1-2 with as many or
-    more output channels, for 1x1 and strided kernels (XLA uses a dilated convolution there), and for very thin
-    outputs (< 16 channels, e.g. the 7x7 flow head).
+    many input channels, e.g. 128->64, 64->32, 512->128 at 3x3) and on small problems (<= 64x64 output pixels, <= 64
+    channels: everything is in cache and the loop and patch copies here cost more); the products here win for batch
+    1-2 with as many or more output channels, for 1x1 and strided kernels (XLA uses a dilated convolution there), and
+    for very thin outputs (< 16 channels, e.g. the 7x7 flow head). `pixels` = batch · output height · output width.
     """
     if taps == 1 or stride > 1 or out_c < 16:
         return False
-    return batch >= 4 or in_c >= 4 * out_c or (in_c >= 2 * out_c and out_c <= 64)
+    small = out_c >= 32 and in_c * out_c <= 64 * 64 and pixels <= 64 * 64
+    return small or batch >= 4 or in_c >= 4 * out_c or (in_c >= 2 * out_c and out_c <= 64)
 
 
 def _acc_dtype(dtype):
@@ -98,7 +100,7 @@ def weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: 
     kh, kw = kernel_hw
     batch, out_h, out_w, out_c = g.shape
     in_c = x.shape[-1]
-    if method == "auto" and prefer_lax(batch, in_c, out_c, kh * kw, stride):
+    if method == "auto" and prefer_lax(batch, in_c, out_c, kh * kw, stride, batch * out_h * out_w):
         method = "lax"
     if method == "lax":
         kernel = jnp.zeros((kh, kw, in_c, out_c), x.dtype)
