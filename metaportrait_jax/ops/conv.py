@@ -9,8 +9,10 @@ Why: XLA:CPU computes the weight gradient as a convolution whose "channels" are 
 runs at 30-100 GFLOP/s where the forward pass runs at ~450. Here the gradient is summed over strips of output rows
 (`lax.scan`): each strip builds its im2col patches `[pixels, kh·kw·I]` (about a megabyte, so they stay in cache) and
 multiplies them with the strip's output gradient `[pixels, O]`. Same products and sums, in another order: fp32
-round-off differences only. 1x1 kernels are a single matrix product; small problems (the patches fit in cache) are
-one product without the loop. `benchmarks/conv_grad.py` measures it against XLA's own gradient.
+round-off differences only (and closer to a float64 reference than XLA's: 5e-7 vs 1e-5 relative at 256²). 1x1
+kernels are a single matrix product; problems whose patches fit in cache are one product without the loop. Where
+XLA's own weight gradient measured faster (batch >= 4, many more input than output channels, small problems; see
+`prefer_lax`), 'auto' keeps it. `benchmarks/conv_grad.py` measures both.
 
 The backward pass is written with ordinary differentiable lax ops, so gradients of gradients (second-order MAML,
 Hessian-vector products) work; forward-mode differentiation of `conv2d` itself (`jax.jvp`) does not, as for any
