@@ -62,6 +62,7 @@ def test_forward_and_gradients_match_lax(shape):
 def test_every_weight_grad_method(shape, method, monkeypatch):
     # Tiny strips (a few pixels each) so the scan takes many steps, pads rows and groups images.
     monkeypatch.setattr(conv_module, "STRIP_BYTES", 4 * 5 * shape[2] * shape[4] ** 2)
+    monkeypatch.setattr(conv_module, "MIN_STRIP_PIXELS", 1)
     x, kernel, g = data(*shape)
     stride, padding = shape[5], shape[6]
     dw_ref = jax.vjp(lambda b: lax_conv(x, b, stride, padding), kernel)[1](g)[0]
@@ -74,6 +75,7 @@ def test_every_weight_grad_method(shape, method, monkeypatch):
 def test_strips_over_images_and_rows(strip_bytes, monkeypatch):
     # Whole-image groups (batch 5 does not divide evenly) and row strips, against lax.
     monkeypatch.setattr(conv_module, "STRIP_BYTES", strip_bytes)
+    monkeypatch.setattr(conv_module, "MIN_STRIP_PIXELS", 1)
     x, kernel, g = data(5, 12, 4, 6, 3, 1, 1, width=10)
     dw_ref = jax.vjp(lambda b: lax_conv(x, b, 1, 1), kernel)[1](g)[0]
     assert_close(weight_grad(x, g, (3, 3), 1, 1, "strips"), dw_ref)

@@ -29,10 +29,12 @@ import jax.numpy as jnp
 _lax_conv = jax.lax.conv_general_dilated
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
-# One strip's patches are about this many bytes (L2 is 1-2 MB per core on current x86 servers); problems whose
-# patches all together are at most SINGLE_PRODUCT_BYTES are one matrix product without a loop.
+# One strip's patches are about this many bytes (L2 is 1-2 MB per core on current x86 servers) but at least
+# MIN_STRIP_PIXELS pixels; problems whose patches all together are at most SINGLE_PRODUCT_BYTES are one matrix
+# product without a loop.
 STRIP_BYTES = 1 << 20
-SINGLE_PRODUCT_BYTES = 32 << 20
+MIN_STRIP_PIXELS = 512  # many input channels: no fewer pixels per strip (measured 1.3-2x better than 1 row)
+SINGLE_PRODUCT_BYTES = 4 << 20
 WEIGHT_GRAD_METHODS = ("auto", "lax", "patches", "strips")
 
 
@@ -72,16 +74,17 @@ def prefer_lax(batch: int, in_c: int, out_c: int, taps: int, stride: int, pixels
     """Where XLA's own weight gradient measured faster (2-core EPYC, jax 0.10.2; benchmarks/conv_grad.py).
 
     XLA's weight-gradient convolution contracts over the batch as its channel dimension and holds the whole output
-    gradient as its kernel: it does well with batch >= 4 and when the output gradient is thin (few output channels,
-    many input channels, e.g. 128->64, 64->32, 512->128 at 3x3) and on small problems (<= 64x64 output pixels, <= 64
-    channels: everything is in cache and the loop and patch copies here cost more); the products here win for batch
-    1-2 with as many or more output channels, for 1x1 and strided kernels (XLA uses a dilated convolution there), and
-    for very thin outputs (< 16 channels, e.g. the 7x7 flow head). `pixels` = batch · output height · output width.
+    gradient as its kernel: it does well with batch >= 4, when the output gradient is thin relative to the input
+    (64->32, 128->32, 512->128, 530->128, 2048->512 at 3x3) and on small problems (<= 64x64 output pixels, <= 64
+    channels: everything is in cache and the loop and patch copies here cost more). The products here win for batch
+    1-2 otherwise (64->64, 82->128, 128->64, 256->64 at 256², 128->256, 256->512, 512->512, 1024->1024), for 1x1 and
+    strided kernels (XLA uses a dilated convolution there), and for outputs of < 32 channels (e.g. the 7x7 flow head,
+    64->16). `pixels` = batch · output height · output width.
     """
-    if taps == 1 or stride > 1 or out_c < 16:
+    if taps == 1 or stride > 1 or out_c < 32:
         return False
-    small = out_c >= 32 and in_c * out_c <= 64 * 64 and pixels <= 64 * 64
-    return small or batch >= 4 or in_c >= 4 * out_c or (in_c >= 2 * out_c and out_c <= 64)
+    small = in_c * out_c <= 64 * 64 and pixels <= 64 * 64
+    return small or batch >= 4 or (in_c >= 4 * out_c and out_c >= 128) or (in_c >= 2 * out_c and out_c <= 32)
 
 
 def _acc_dtype(dtype):
@@ -115,7 +118,7 @@ def weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: 
         return dw.reshape(kh, kw, in_c, out_c).astype(x.dtype)
     # Strips: `images` whole images per step when an image is smaller than a strip, else `rows` output rows of one
     # image. Rows and images past the end are zero-padded (zero gradient rows add nothing).
-    pixels = max(1, STRIP_BYTES // patch_bytes)
+    pixels = max(MIN_STRIP_PIXELS, STRIP_BYTES // patch_bytes)
     if out_h * out_w <= pixels:
         images = min(batch, pixels // (out_h * out_w))
         images = math.ceil(batch / math.ceil(batch / images))  # balanced: as little padding as possible
