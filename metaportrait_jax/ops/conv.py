@@ -30,10 +30,11 @@ _lax_conv = jax.lax.conv_general_dilated
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 # One strip's patches are about this many bytes (L2 is 1-2 MB per core on current x86 servers) but at least
-# MIN_STRIP_PIXELS pixels; problems whose patches all together are at most SINGLE_PRODUCT_BYTES are one matrix
+# MIN_STRIP_PIXELS pixels where that stays under MAX_STRIP_BYTES; problems whose patches all together are at most SINGLE_PRODUCT_BYTES are one matrix
 # product without a loop.
 STRIP_BYTES = 1 << 20
 MIN_STRIP_PIXELS = 512  # many input channels: no fewer pixels per strip (measured 1.3-2x better than 1 row)
+MAX_STRIP_BYTES = 12 << 20  # ... unless that makes one strip's patches larger than this (7x7 512->2: 1 row)
 SINGLE_PRODUCT_BYTES = 4 << 20
 WEIGHT_GRAD_METHODS = ("auto", "lax", "patches", "strips")
 
@@ -118,7 +119,7 @@ def weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: 
         return dw.reshape(kh, kw, in_c, out_c).astype(x.dtype)
     # Strips: `images` whole images per step when an image is smaller than a strip, else `rows` output rows of one
     # image. Rows and images past the end are zero-padded (zero gradient rows add nothing).
-    pixels = max(MIN_STRIP_PIXELS, STRIP_BYTES // patch_bytes)
+    pixels = max(1, STRIP_BYTES // patch_bytes, min(MIN_STRIP_PIXELS, MAX_STRIP_BYTES // patch_bytes))
     if out_h * out_w <= pixels:
         images = min(batch, pixels // (out_h * out_w))
         images = math.ceil(batch / math.ceil(batch / images))  # balanced: as little padding as possible
