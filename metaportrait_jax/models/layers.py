@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metaportrait_jax.ops.conv import conv2d
+
 # Official init: Xavier-normal with gain 0.02 (std = 0.02·sqrt(2/(fan_in + fan_out)), torch fans), zero bias.
 xavier_002 = nn.initializers.variance_scaling(0.02 ** 2, "fan_avg", "normal")
 EPS = 1e-5
@@ -72,8 +74,7 @@ class Conv(nn.Module):
         if self.spectral_norm:
             kernel = spectral_normalize(self, kernel, conv_weight_matrix(kernel), train)
         p = k // 2 if self.padding is None else self.padding
-        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv2d(x, kernel.astype(x.dtype), self.stride, p)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
         return y
