@@ -70,7 +70,7 @@ def cmd_demo(args, overrides):
 
     from metaportrait_jax.data.datasets import build_synthetic
     from metaportrait_jax.data.sources import TfdsFrames
-    from metaportrait_jax.eval.animate import animate_frames
+    from metaportrait_jax.eval.animate import animate_frames, generator_forward
     from metaportrait_jax.eval.video import write_mp4
     from metaportrait_jax.train.checkpoint import load_model
 
@@ -95,11 +95,12 @@ def cmd_demo(args, overrides):
     print("3/3 animating held-out persons (source from clip 1, motion and ground truth from clip 2)")
     config, variables, _ = load_model(full_export)
     test = TfdsFrames(build_synthetic(config.data.data_dir, config.data.synthetic), "test")
+    forward = generator_forward(config.model)  # compiled once for every person
     rows, scores = [], {"prediction": [], "warped_source": [], "source_copy": []}
     for person in test.clips.persons()[:args.persons]:
         first, second = test.clips.clips_of(person)[:2]
         drivers = range(int(test.clips.start[second]), int(test.clips.start[second] + test.clips.length[second]))
-        result = animate_frames(config.model, variables, test, int(test.clips.source[first]), drivers)
+        result = animate_frames(forward, variables, test, int(test.clips.source[first]), drivers)
         source = np.broadcast_to(test[int(test.clips.source[first])]["image"], result["driving"].shape)
         rows.append(np.concatenate([source, result["driving"], result["deformed"], result["prediction"]], axis=2))
         truth = result["driving"].astype(np.float64)
@@ -198,9 +199,12 @@ def train_from_config(config, workdir: str, progress: bool = True) -> str | None
     from metaportrait_jax.train.loop import run
 
     frames = open_frames(config.data, config.model)
-    spec = PipelineSpec("pairs", config.train.batch_size, seed=config.seed, source=config.data.pair_source,
-                        workers=config.data.workers)
-    dataset = make_dataset(frames, spec, jax.process_index(), jax.process_count())
+    try:
+        spec = PipelineSpec("pairs", config.train.batch_size, seed=config.seed, source=config.data.pair_source,
+                            workers=config.data.workers)
+        dataset = make_dataset(frames, spec, jax.process_index(), jax.process_count())
+    except ValueError as e:  # a config value the pipeline cannot use
+        raise _UsageError(f"config: {e}") from None
     network, params = perceptual_features(config.train.perceptual)
     encoder, encoder_variables = (load_identity_encoder(config.train.identity_encoder)
                                   if config.train.loss.identity > 0 else (None, None))

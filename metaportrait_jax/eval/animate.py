@@ -29,11 +29,11 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     os.makedirs(output_dir, exist_ok=True)
-    forward = jax.jit(lambda v, b: Generator(model).apply(v, b)["prediction"])
+    forward = generator_forward(model)
     written = []
     with tqdm(total=len(layout), desc="animate", unit="frame") as bar:
         for names, batch, valid in layout.iterate_batches(batch_size):
-            frames = to_uint8(forward(variables, batch)[:valid])
+            frames = to_uint8(forward(variables, batch)["prediction"][:valid])
             for name, frame in zip(names, frames):
                 imageio.imwrite(os.path.join(output_dir, name), frame)
                 written.append(name)
@@ -44,14 +44,19 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     return video
 
 
-def animate_frames(model_config, variables, frames: FrameSource, source_record: int, driving_records,
+def generator_forward(model_config):
+    """The jitted generator forward `(variables, batch) -> outputs`; build it once and reuse it across calls."""
+    return jax.jit(lambda v, b: Generator(model_config).apply(v, b))
+
+
+def animate_frames(forward, variables, frames: FrameSource, source_record: int, driving_records,
                    batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Drives frame `source_record` with each of `driving_records`, all records of `frames`.
+    """Drives frame `source_record` with each of `driving_records`, all records of `frames`; `forward` comes from
+    `generator_forward` (one compiled shape: the last batch is padded).
 
     Returns uint8 `[T, H, W, 3]` arrays: `prediction`, `deformed` (the warped source) and `driving` (the ground
     truth when source and driving frames show the same person).
     """
-    forward = jax.jit(lambda v, b: Generator(model_config).apply(v, b))
     source = frames[int(source_record)]
     examples = [pair_example(source, frames[int(r)], source["identity"], frames.topology) for r in driving_records]
     outputs = {"prediction": [], "deformed": [], "driving": []}

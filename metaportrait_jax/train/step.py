@@ -24,6 +24,7 @@ import ml_collections
 import optax
 
 from metaportrait_jax import losses as L
+from metaportrait_jax.config import ConfigError
 from metaportrait_jax.models.discriminator import Discriminator
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 
@@ -98,7 +99,7 @@ class Trainer:
             raise ValueError("train.loss.identity > 0 needs an identity encoder (train.identity_encoder)")
         self.identity_encoder = identity_encoder
         if self.train.stage not in STAGES:
-            raise ValueError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
+            raise ConfigError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
         self.stage = self.train.stage
         self.generator = Generator(config.model)
         self.discriminator = Discriminator(config.model)
