@@ -189,32 +189,54 @@ def open_frames(data, model):
     return frames
 
 
-def train_from_config(config, workdir: str, progress: bool = True) -> str | None:
-    """Runs (or resumes) the training `config` describes; returns the exported model checkpoint once complete."""
+def train_from_config(config, workdir: str, progress: bool = True, frames=None, start_generator=None,
+                      export: str | None = None) -> str | None:
+    """Runs (or resumes) the training `config` describes; returns the exported model checkpoint once complete.
+
+    A config with a `meta` section meta-trains (episodes, `MetaTrainer`, starting from `init_from` with spectral
+    norm folded); otherwise it pretrains (pairs, `Trainer`). `frames` replaces the config's data source and
+    `start_generator` the initial generator variables (personalisation passes both); `export` defaults to
+    `<workdir>/export`.
+    """
     import jax
 
     from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
-    from metaportrait_jax.train.checkpoint import save_model
+    from metaportrait_jax.train.checkpoint import check_same_model, load_sn_free_generator, save_model
     from metaportrait_jax.train.loop import run
+    from metaportrait_jax.train.meta_step import MetaTrainer
+    from metaportrait_jax.train.step import Trainer
 
-    frames = open_frames(config.data, config.model)
+    meta = config.get("meta")
+    frames = frames if frames is not None else open_frames(config.data, config.model)
     try:
-        spec = PipelineSpec("pairs", config.train.batch_size, seed=config.seed, source=config.data.pair_source,
-                            workers=config.data.workers)
+        if meta:
+            spec = PipelineSpec("episodes", meta.tasks, seed=config.seed, support=meta.support, query=meta.query,
+                                episode_sampling=meta.episode_sampling, workers=config.data.workers)
+        else:
+            spec = PipelineSpec("pairs", config.train.batch_size, seed=config.seed, source=config.data.pair_source,
+                                workers=config.data.workers)
         dataset = make_dataset(frames, spec, jax.process_index(), jax.process_count())
     except ValueError as e:  # a config value the pipeline cannot use
         raise _UsageError(f"config: {e}") from None
     network, params = perceptual_features(config.train.perceptual)
     encoder, encoder_variables = (load_identity_encoder(config.train.identity_encoder)
                                   if config.train.loss.identity > 0 else (None, None))
-    state = run(config, workdir, lambda s: make_iterator(dataset, spec, s), network, {"params": params},
-                encoder, encoder_variables, progress=progress)
-    if int(state.step) < config.train.steps:
+    if meta:
+        trainer = MetaTrainer(config, network, encoder)
+        if config.init_from and start_generator is None:
+            stored_config, start_generator = load_sn_free_generator(config.init_from)
+            check_same_model(stored_config.model, config.model, config.init_from)
+    else:
+        trainer = Trainer(config, network, encoder)
+    state, done = run(config, workdir, lambda s: make_iterator(dataset, spec, s), trainer,
+                      ({"params": params}, encoder_variables, start_generator), progress=progress)
+    if not done:
         return None
-    export = os.path.join(workdir, "export")
-    if jax.process_index() == 0 and not os.path.exists(export):
-        save_model(export, config, jax.device_get(state.generator), jax.device_get(state.discriminator))
+    export = export or os.path.join(workdir, "export")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(export, "config.json")):
+        discriminator = None if meta or start_generator is not None else jax.device_get(state.discriminator)
+        save_model(export, config, jax.device_get(state.generator), discriminator)
     return export
 
 
@@ -236,11 +258,114 @@ def cmd_train(args, overrides):
 
     initialize_processes()
     config = _load_config(args.config, overrides)
+    is_meta = "meta" in config
+    if is_meta != (args.command == "meta-train"):
+        right = "meta-train" if is_meta else "train"
+        raise _UsageError(f"{args.config}: this config is for `metaportrait-jax {right}`")
     export = train_from_config(config, args.workdir, progress=not args.no_progress)
     if export:
         print(f"trained {config.train.steps} steps; model checkpoint: {export}")
     else:
         print(f"stopped early; rerun the same command to resume from {args.workdir}")
+
+
+def open_person_frames(path: str, split: str, person: int | None, clip_ordinals: Sequence[int] | None, model):
+    """One person's clips of a data set: a TFDS directory built by `data` / `preprocess --tfds`, or an
+    official-layout folder (`preprocess` output; one person per identity key)."""
+    from metaportrait_jax.data import sources
+    from metaportrait_jax.ops.topology import get_topology
+
+    if os.path.isfile(os.path.join(path, sources.METADATA_FILE)):
+        frames = sources.TfdsFrames(path, split)
+    elif os.path.isdir(path):
+        frames = sources.OfficialLayoutFrames(path, get_topology(model.topology), model.image_size, model.id_dim)
+    else:
+        raise _UsageError(f"{path}: no such data folder")
+    persons = [int(p) for p in frames.clips.persons()]
+    if person is None:
+        if len(persons) != 1:
+            raise _UsageError(f"{path}: holds {len(persons)} persons; choose one with --person (one of "
+                              f"{', '.join(map(str, persons[:20]))}{' ...' if len(persons) > 20 else ''})")
+        person = persons[0]
+    if person not in persons:
+        raise _UsageError(f"{path}: no person {person} (it has {', '.join(map(str, persons[:20]))})")
+    own = frames.clips.clips_of(person)
+    ordinals = list(range(len(own))) if clip_ordinals is None else list(clip_ordinals)
+    if not ordinals or any(not 0 <= o < len(own) for o in ordinals):
+        raise _UsageError(f"{path}: person {person} has clips 0..{len(own) - 1}, asked for {ordinals}")
+    return sources.ClipSubset(frames, own[ordinals])
+
+
+def cmd_personalize(args, overrides):
+    """Fine-tune a (meta-)trained model on one person; resumable; writes a model checkpoint `animate` accepts."""
+    import json
+
+    from metaportrait_jax.train.checkpoint import load_sn_free_generator
+    from metaportrait_jax.train.config import personalization_config
+
+    if overrides:
+        raise _UsageError("personalize takes no --config.* overrides; its settings are flags")
+    if (args.steps is None) == (args.seconds is None):
+        raise _UsageError("personalize needs exactly one of --steps N or --seconds S")
+    stored, generator = load_sn_free_generator(args.checkpoint)
+    frames = open_person_frames(args.data, args.split, args.person, args.clips, stored.model)
+    config = personalization_config(stored.model, args.steps or 10 ** 9, args.seconds or 0.0, args.batch_size,
+                                    args.learning_rate, seed=args.seed)
+    output = os.path.abspath(args.output)
+    export = train_from_config(config, os.path.join(output, "run"), progress=not args.no_progress, frames=frames,
+                               start_generator=generator, export=output)
+    if not export:
+        print(f"stopped early; rerun the same command to resume from {output}")
+        return
+    with open(os.path.join(output, "run", "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if rows:
+        print(f"personalised {rows[-1]['step']} steps in {rows[-1]['elapsed_seconds']:.1f} s: loss "
+              f"{rows[0]['generator_loss']:.4f} -> {rows[-1]['generator_loss']:.4f} (per step: "
+              f"{output}/run/metrics.jsonl)")
+    print(f"personalised model checkpoint: {output}")
+
+
+def cmd_benchmark(args, overrides):
+    """`benchmark adaptation`: meta-train each algorithm from one pretrained model at an equal wall-time budget,
+    then personalisation curves of every start on held-out persons (JSON, Markdown table, PNG)."""
+    import json
+
+    from metaportrait_jax.eval.adaptation import AdaptationCurves, write_report
+    from metaportrait_jax.train.checkpoint import load_sn_free_generator
+
+    workdir = os.path.abspath(args.workdir)
+    _, pretrained = load_sn_free_generator(args.pretrained)
+    starts, costs = {"pretrained": pretrained}, {}
+    for algorithm in args.algorithms:
+        config = _load_config(args.config, [f"meta.algorithm={algorithm!r}", f"init_from={args.pretrained!r}",
+                                            f"train.steps={args.meta_steps}",
+                                            f"train.max_seconds={float(args.seconds_per_algorithm)}",
+                                            *(["train.adam_eps_root=1e-16"] if algorithm == "maml" else []),
+                                            *overrides])
+        print(f"meta-training {algorithm} for {args.seconds_per_algorithm} s (at most {args.meta_steps} steps)")
+        export = train_from_config(config, os.path.join(workdir, algorithm), progress=not args.no_progress)
+        if export is None:
+            print(f"stopped early; rerun the same command to resume from {workdir}")
+            return
+        with open(os.path.join(workdir, algorithm, "metrics.jsonl")) as f:
+            last = [json.loads(line) for line in f if line.strip()][-1]
+        costs[algorithm] = {"meta_steps": last["step"], "seconds": last["elapsed_seconds"]}
+        starts[algorithm] = load_sn_free_generator(export)[1]
+    config = _load_config(args.config, [*overrides, "data.split='test'"])
+    frames = open_frames(config.data, config.model)  # the held-out persons
+    curves = AdaptationCurves(config.model, frames, batch_size=args.batch_size, seed=config.seed)
+    persons = curves.persons()[:args.persons]
+    results = curves.run(starts, persons)
+    paths = write_report(results, "pretrained", workdir)
+    with open(paths["json"]) as f:
+        report = json.load(f)
+    report["meta_training"] = costs
+    with open(paths["json"], "w") as f:
+        json.dump(report, f, indent=1)
+    with open(paths["md"]) as f:
+        print(f.read())
+    print(f"adaptation benchmark: {paths['json']}, {paths['md']}, {paths['png']}")
 
 
 class _UsageError(ValueError):
@@ -268,6 +393,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _index_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +449,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("meta-train", help="meta-train (Reptile, FOMAML or MAML) from a pretrained model")
+    p.add_argument("--config", required=True, help="e.g. configs/meta_train.py:tiny")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("personalize", help="fine-tune a model on one person (resumes from --output)")
+    p.add_argument("--checkpoint", required=True, help="a model checkpoint (pretrained, meta-trained, ...)")
+    p.add_argument("--data", required=True, help="the person's data: a TFDS data set dir or an official-layout folder")
+    p.add_argument("--split", default="test", help="TFDS split")
+    p.add_argument("--person", type=int, help="person index (needed when the data holds several)")
+    p.add_argument("--clips", type=_index_list, help="the person's clips to learn from, e.g. 0 or 0,2 (default all)")
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--seconds", type=float, help="wall-time budget instead of --steps")
+    p.add_argument("--output", required=True, help="directory for the personalised model checkpoint (and run/)")
+    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_personalize)
+
+    p = sub.add_parser("benchmark", help="adaptation: personalisation curves of pretrained vs meta-trained starts")
+    p.add_argument("what", choices=["adaptation"])
+    p.add_argument("--config", required=True, help="a meta-training config, e.g. configs/meta_train.py:tiny")
+    p.add_argument("--pretrained", required=True, help="the standard pretrained model checkpoint (full stage)")
+    p.add_argument("--workdir", required=True, help="meta-training runs and the report (a rerun resumes)")
+    p.add_argument("--algorithms", type=lambda t: t.split(","), default=["reptile", "fomaml", "maml"])
+    p.add_argument("--seconds-per-algorithm", type=float, default=600.0, help="equal meta-training compute budget")
+    p.add_argument("--meta-steps", type=_positive_int, default=10 ** 6, help="step cap per algorithm")
+    p.add_argument("--persons", type=_positive_int, default=8, help="held-out persons")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="personalisation batch")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_benchmark)
 
     p = sub.add_parser("demo", help="end to end on the synthetic data: build, pretrain warp + full, animate")
     p.add_argument("--output", default="results/demo", help="work directory (a rerun resumes it)")

@@ -1,12 +1,10 @@
 """Training: sharded steps equal one device, non-finite steps are skipped, kill / preemption and resume are exact,
 warp weights seed the full stage, bf16 compute runs."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -21,9 +19,9 @@ from metaportrait_jax.data.datasets import build_synthetic
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.train.checkpoint import load_model, save_model
-from metaportrait_jax.train.loop import _with_warp_from
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
 from metaportrait_jax.train.step import WARP_MODULES, Trainer
+from run_tools import logged_steps, start_and_signal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ID_DIM = 64
@@ -120,8 +118,8 @@ def test_full_stage_takes_the_warp_networks_from_a_warp_checkpoint(synthetic, pe
     trainer = Trainer(warp, perceptual[0])
     warp_state = trainer.init_state(jax.random.key(7), perceptual[1])
     save_model(str(tmp_path / "warp"), warp, jax.device_get(warp_state.generator))
-    full = Trainer(_config("full"), perceptual[0])
-    state = _with_warp_from(full.init_state(jax.random.key(8), perceptual[1]), str(tmp_path / "warp"))
+    full = Trainer(_config("full", f"init_from={str(tmp_path / 'warp')!r}"), perceptual[0])
+    state = full.start(full.init_state(jax.random.key(8), perceptual[1]))
     _, stored, _ = load_model(str(tmp_path / "warp"))
     for name, sub in state.generator["params"].items():
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(stored["params"][name])))
@@ -150,26 +148,6 @@ def _train_command(data: str, workdir: str, steps: int) -> list[str]:
             "--config.data.pair_source=random"]
 
 
-def _logged_steps(workdir: str) -> list[int]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line)["step"] for line in f if line.strip()]
-
-
-def _start_and_signal(command: list[str], workdir: str, at_step: int, signum: int) -> int:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while max(_logged_steps(workdir), default=0) < at_step and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signum)
-    output, _ = process.communicate(timeout=300)
-    assert "Traceback" not in output, output[-3000:]
-    return process.returncode
-
-
 def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic, tmp_path):
     steps = 6
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -179,15 +157,15 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic,
     interrupted = str(tmp_path / "interrupted")
     command = _train_command(synthetic, interrupted, steps)
     rng = np.random.default_rng()
-    assert _start_and_signal(command, interrupted, int(rng.integers(1, 3)), signal.SIGTERM) == 0  # saves, exits
-    assert _start_and_signal(command, interrupted, int(rng.integers(3, 5)), signal.SIGKILL) == -signal.SIGKILL
+    assert start_and_signal(command, interrupted, int(rng.integers(1, 3)), signal.SIGTERM) == 0  # saves, exits
+    assert start_and_signal(command, interrupted, int(rng.integers(3, 5)), signal.SIGKILL) == -signal.SIGKILL
     subprocess.run(command, env=env, check=True, capture_output=True)
 
     _, ours, _ = load_model(os.path.join(interrupted, "export"))
     _, reference, _ = load_model(os.path.join(straight, "export"))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert sorted(set(_logged_steps(interrupted))) == list(range(1, steps + 1))
+    assert sorted(set(logged_steps(interrupted))) == list(range(1, steps + 1))
 
 
 def test_loss_falls_on_a_tiny_synthetic_run(synthetic, perceptual):

@@ -143,3 +143,33 @@ class TfdsFrames:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         record = self._source[int(index)]
         return {k: v for k, v in record.items() if k in ("image", "landmarks", "visibility", "identity", "flow")}
+
+
+class ClipSubset:
+    """Some clips of a frame source as a frame source of their own (e.g. one person's first clip to personalise on).
+
+    Record indices are renumbered; person indices are kept.
+    """
+
+    def __init__(self, frames: FrameSource, clips: list[int] | np.ndarray):
+        table = frames.clips
+        clips = [int(c) for c in clips]
+        if not clips or not all(0 <= c < table.num_clips for c in clips):
+            raise DataError(f"clip indices {clips} outside [0, {table.num_clips})")
+        self.frames, self.topology = frames, frames.topology
+        self.image_size, self.id_dim = frames.image_size, frames.id_dim
+        self._records: list[int] = []
+        source, start = [], []
+        for c in clips:
+            source.append(len(self._records))
+            self._records.append(int(table.source[c]))
+            start.append(len(self._records))
+            self._records += range(int(table.start[c]), int(table.start[c] + table.length[c]))
+        self.clips = ClipTable(table.person[clips], np.asarray(source, np.int64), np.asarray(start, np.int64),
+                               table.length[clips])
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.frames[self._records[int(index)]]

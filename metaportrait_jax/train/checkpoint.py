@@ -115,3 +115,33 @@ def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any
     restored = checkpointer.restore(model_dir, target)
     checkpointer.close()
     return config, restored["generator"], restored.get("discriminator")
+
+
+def load_sn_free_generator(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """A model checkpoint's generator as plain weights: (config with `model.use_sn=False`, `{"params": ...}`).
+
+    Spectral norm, if the checkpoint has it, is folded into the kernels (the official `--remove_sn`: σ from the
+    stored u, v), so the outputs are those of the checkpoint in eval mode. Meta-training and personalisation start
+    here: they adapt the actual weights.
+    """
+    from metaportrait_jax.convert.official_base import fold_spectral_norm  # converters build on this module
+
+    config, variables, _ = load_model(directory)
+    if "spectral" in variables:
+        variables = fold_spectral_norm(variables, config)
+        config.model.use_sn = False
+    return config, {"params": variables["params"]}
+
+
+def check_same_model(have: ml_collections.ConfigDict, want: ml_collections.ConfigDict, source: str) -> None:
+    """Raises a CheckpointError naming the fields where model config `have` (from `source`) differs from `want`."""
+    def flat(config: ml_collections.ConfigDict) -> dict:  # JSON turns tuples into lists
+        return {k: tuple(v) if isinstance(v, list) else v
+                for k, v in traverse_util.flatten_dict(config.to_dict()).items()}
+
+    have_flat, want_flat = flat(have), flat(want)
+    differing = [f"{'.'.join(k)}: {have_flat.get(k)!r} vs {want_flat.get(k)!r}"
+                 for k in sorted(set(have_flat) | set(want_flat)) if have_flat.get(k) != want_flat.get(k)]
+    if differing:
+        raise CheckpointError(f"{source}: its model differs from the config's (checkpoint vs config): "
+                              f"{'; '.join(differing)}")

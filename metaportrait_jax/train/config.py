@@ -8,6 +8,12 @@ from metaportrait_jax.models.config import generator_config
 VARIANTS = {"tiny": ("r64", 64), "official_256": ("r256", 256)}
 
 
+def pyramid_scales(image_size: int) -> tuple[float, ...]:
+    """The perceptual loss's pyramid: the official four levels, or three below 128² (relu5 of an 8² level would be
+    empty)."""
+    return (1.0, 0.5, 0.25, 0.125) if image_size >= 128 else (1.0, 0.5, 0.25)
+
+
 def train_defaults(stage: str) -> ml_collections.ConfigDict:
     """The official optimisation settings (spec §3.2) for `stage` 'warp' or 'full'."""
     return ml_collections.ConfigDict(dict(
@@ -17,6 +23,7 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
         learning_rate=2e-4,
         warp_lr_scale=0.1,
         adam_betas=(0.5, 0.999),
+        adam_eps_root=0.0,            # > 0 only to differentiate through Adam (second-order MAML)
         clip_norm=0.3,
         decay_steps=(750,),           # official: ×0.1 at epoch 45 of 60
         compute_dtype="float32",      # or "bfloat16": bf16 networks, fp32 parameters and losses
@@ -32,6 +39,7 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
         image_every=100,
         checkpoint_every=100,
         keep_checkpoints=3,
+        max_seconds=0.0,              # > 0: stop (after saving) once this much wall time has passed
     ))
 
 
@@ -64,6 +72,57 @@ def pretrain_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     config.data = data_defaults(synthetic)
     config.init_from = ""
     config.inference = ml_collections.ConfigDict(dict(batch_size=8, fps=23.98))
-    if variant == "tiny":
-        config.train.pyramid_scales = (1.0, 0.5, 0.25)  # relu5 of an 8² level would be empty
+    config.train.pyramid_scales = pyramid_scales(config.model.image_size)
+    return config
+
+
+def meta_defaults(variant: str) -> ml_collections.ConfigDict:
+    """The meta section. `official_256`: the official defaults (spec §4: 1 task of 1 support pair, 2 inner steps,
+    `PersonalMetaDataset` sampling); `tiny`: 4 tasks of 4 support and 4 query pairs from different clips."""
+    official = variant == "official_256"
+    return ml_collections.ConfigDict(dict(
+        algorithm="reptile",          # "reptile" (official) | "fomaml" | "maml" (second order)
+        tasks=1 if official else 4,   # tasks per meta-batch (split over the mesh's devices)
+        support=1 if official else 4,
+        query=1 if official else 4,   # unused by reptile
+        episode_sampling="official" if official else "clips",
+        inner_steps=2,
+        inner_learning_rate=2e-4,     # warping network ×train.warp_lr_scale, like pretraining
+        remat=False,                  # jax.checkpoint per inner step (maml: memory of one step)
+    ))
+
+
+def meta_config(variant: str) -> ml_collections.ConfigDict:
+    """Meta-training from a pretrained model (`init_from`, spectral norm folded on load): outer Adam at lr 2e-5
+    (warp ×0.1), ×0.1 after 2 of 5 epochs' worth of steps, clip 0.3, no GAN; the meta section above."""
+    config = pretrain_config("full", variant)
+    config.model.use_sn = False
+    config.train.learning_rate = 2e-5
+    config.train.steps = 500
+    config.train.decay_steps = (200,)
+    config.train.loss.generator_gan = 0.0
+    config.train.loss.feature_matching = (0.0,) * len(config.train.loss.feature_matching)
+    config.train.checkpoint_every = 100
+    config.meta = meta_defaults(variant)
+    return config
+
+
+def personalization_config(model: ml_collections.ConfigDict, steps: int, seconds: float, batch_size: int,
+                           learning_rate: float = 2e-4, seed: int = 0) -> ml_collections.ConfigDict:
+    """Fine-tuning one person's model: the meta inner loop's recipe (Adam(0.5, 0.999) at `learning_rate`, warping
+    network ×0.1, clip 0.3, generator losses without GAN, no schedule) for `steps` steps or `seconds` of wall time."""
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.seed = seed
+    config.train = train_defaults("full")
+    train = config.train
+    train.steps, train.max_seconds, train.batch_size = steps, float(seconds), batch_size
+    train.learning_rate, train.decay_steps = learning_rate, ()
+    train.loss.generator_gan = 0.0
+    train.loss.feature_matching = (0.0,) * len(train.loss.feature_matching)
+    train.log_every, train.image_every, train.checkpoint_every = 1, 0, 25
+    train.pyramid_scales = pyramid_scales(model.image_size)
+    config.data = data_defaults("")
+    config.init_from = ""
+    config.inference = ml_collections.ConfigDict(dict(batch_size=8, fps=23.98))
     return config

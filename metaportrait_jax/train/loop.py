@@ -22,16 +22,28 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from metaportrait_jax.config import save_config
-from metaportrait_jax.models.generator import BATCH_KEYS
-from metaportrait_jax.train.checkpoint import load_model
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, replicated, tree_sharding
-from metaportrait_jax.train.step import WARP_MODULES, Trainer, TrainState
 
 
 class BatchIterator(Protocol):
     def __next__(self) -> dict[str, np.ndarray]: ...
 
     def get_state(self) -> dict: ...
+
+
+class Steppable(Protocol):
+    """What `run` trains: the pretraining `Trainer`, the `MetaTrainer`, ...; states are pytrees."""
+
+    description: str        # progress-bar label
+    progress_metric: str    # the metric shown next to the bar
+
+    def init_state(self, rng: jax.Array, *args) -> Any: ...
+
+    def start(self, state: Any) -> Any: ...  # adjusts a fresh state (e.g. copies weights named in the config)
+
+    def step(self, state: Any, batch: dict) -> tuple[Any, dict[str, jax.Array]]: ...
+
+    def preview(self, state: Any, batch: dict) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]: ...
 
 
 class Preemption:
@@ -60,18 +72,6 @@ def checkpoint_manager(workdir: str, train: ml_collections.ConfigDict) -> ocp.Ch
     options = ocp.CheckpointManagerOptions(max_to_keep=train.keep_checkpoints, create=True,
                                            enable_async_checkpointing=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
-
-
-def _with_warp_from(state: TrainState, directory: str) -> TrainState:
-    """The official Full-stage start: copy the ladder and dense-motion weights of a warp-stage checkpoint."""
-    _, stored, _ = load_model(directory)
-    generator = dict(state.generator)
-    for collection in ("params", "spectral"):
-        if collection in generator:
-            merged = dict(generator[collection])
-            merged.update({k: v for k, v in stored.get(collection, {}).items() if k in WARP_MODULES})
-            generator[collection] = merged
-    return state.replace(generator=generator)
 
 
 def image_grid(batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray], rows: int = 4) -> np.ndarray:
@@ -114,28 +114,24 @@ class MetricsLog:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[[dict | None], BatchIterator],
-        perceptual_network, perceptual_params: dict[str, Any], identity_encoder=None,
-        identity_params: dict[str, Any] | None = None, progress: bool = True) -> TrainState:
-    """Trains `config.train.steps` steps (resuming from the latest checkpoint in `workdir`); returns the state.
+        trainer: Steppable, init_args: tuple = (), progress: bool = True) -> tuple[Any, bool]:
+    """Trains `config.train.steps` steps of `trainer` (resuming from the latest checkpoint in `workdir`); returns
+    the state. A fresh state is `trainer.start(trainer.init_state(rng, *init_args))` (arguments, not constants
+    closed over, so large pretrained weights do not slow compilation).
 
-    Stops early, after saving, on SIGTERM/SIGINT.
+    Stops early, after saving, on SIGTERM/SIGINT or once `config.train.max_seconds` (if > 0) have passed.
+    Returns (state, done): done unless a signal stopped it.
     """
     train = config.train
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         save_config(config, os.path.join(workdir, "config.json"))
     mesh = make_mesh(train.fsdp)
-    trainer = Trainer(config, perceptual_network, identity_encoder)
-    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual_params, identity_params)
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
     state_sharding = tree_sharding(abstract, mesh)
     step_fn = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
                       out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
-
-    def first_rows(state: TrainState, batch: dict) -> tuple[dict, dict]:
-        shown = {k: batch[k][:4] for k in ("source", "driving", *BATCH_KEYS)}
-        return shown, trainer.predict(state, shown)
-
-    shown_rows = jax.jit(first_rows, out_shardings=replicated(mesh))
+    shown_rows = jax.jit(trainer.preview, out_shardings=replicated(mesh))
 
     manager = checkpoint_manager(workdir, train)
     latest = manager.latest_step()
@@ -148,9 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         print(f"resumed from {workdir}/checkpoints/{latest}", flush=True)
     else:
         init = jax.jit(trainer.init_state, out_shardings=state_sharding)
-        state = init(jax.random.key(config.seed), perceptual_params, identity_params)
-        if config.get("init_from"):
-            state = jax.device_put(_with_warp_from(state, config.init_from), state_sharding)
+        state = jax.device_put(trainer.start(init(jax.random.key(config.seed), *init_args)), state_sharding)
         iterator_state = None
     batches = make_batches(iterator_state)
     start = int(state.step)
@@ -160,39 +154,51 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     if progress and jax.process_index() == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=train.steps, initial=start, desc=f"train {train.stage}", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=train.steps, initial=start, desc=trainer.description, unit="step", dynamic_ncols=True)
 
     def save(step: int, force: bool = False) -> None:
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    data=ocp.args.JsonSave(batches.get_state())), force=force)
 
     with Preemption() as preemption:
-        tic = time.perf_counter()
+        tic = began = time.perf_counter()
         for step in range(start + 1, train.steps + 1):
             batch = global_batch(next(batches), mesh)
             state, metrics = step_fn(state, batch)
-            if step % train.checkpoint_every == 0 or step == train.steps or preemption.requested:
+            out_of_time = 0 < train.max_seconds and _all_agree(train.max_seconds <= time.perf_counter() - began)
+            if step % train.checkpoint_every == 0 or step == train.steps or preemption.requested or out_of_time:
                 save(step, force=True)
             if step % train.log_every == 0 or step == train.steps:
                 values = {k: float(host_value(v)) for k, v in metrics.items()}
                 values["steps_per_second"] = train.log_every / (time.perf_counter() - tic)
+                values["elapsed_seconds"] = time.perf_counter() - began  # this run's wall time, compile included
                 tic = time.perf_counter()
                 log.scalars(step, values)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{values['generator_loss']:.4f}", sps=f"{values['steps_per_second']:.2f}")
+                    bar.set_postfix(loss=f"{values[trainer.progress_metric]:.4f}",
+                                    sps=f"{values['steps_per_second']:.2f}")
             if train.image_every and (step % train.image_every == 0 or step == train.steps):
                 shown, outputs = jax.tree.map(host_value, shown_rows(state, batch))
                 log.image(step, image_grid(shown, outputs))
             if bar is not None:
                 bar.update(1)
-            if preemption.requested:
+            if preemption.requested or out_of_time:
                 break
     manager.wait_until_finished()
     manager.close()
     log.close()
     if bar is not None:
         bar.close()
-    return state
+    return state, not preemption.requested
+
+
+def _all_agree(flag: bool) -> bool:
+    """Process 0's `flag` on every process: a stop decision from a local clock must be taken by all at once."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def host_value(x: jax.Array) -> np.ndarray:

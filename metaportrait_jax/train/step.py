@@ -27,6 +27,7 @@ from metaportrait_jax import losses as L
 from metaportrait_jax.config import ConfigError
 from metaportrait_jax.models.discriminator import Discriminator
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
+from metaportrait_jax.train.checkpoint import load_model
 
 WARP_MODULES = ("ladder_network", "dense_motion_network")
 STAGES = ("warp", "full")
@@ -72,7 +73,9 @@ def make_optimizers(train: ml_collections.ConfigDict, stage: str, generator_para
     b1, b2 = train.adam_betas
 
     def adam(scale: float) -> optax.GradientTransformation:
-        return optax.adam(learning_rate(train.learning_rate * scale, train.decay_steps), b1=b1, b2=b2)
+        # eps_root > 0 keeps Adam differentiable at zero gradients (second-order MAML through an Adam inner loop)
+        return optax.adam(learning_rate(train.learning_rate * scale, train.decay_steps), b1=b1, b2=b2,
+                          eps_root=train.adam_eps_root)
 
     groups = {"warp": adam(train.warp_lr_scale), "refine": adam(1.0), "frozen": optax.set_to_zero()}
     used = set(jax.tree.leaves(generator_groups(generator_params, stage)))
@@ -101,25 +104,30 @@ class Trainer:
         if self.train.stage not in STAGES:
             raise ConfigError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
         self.stage = self.train.stage
+        self.description = f"train {self.stage}"
         self.generator = Generator(config.model)
         self.discriminator = Discriminator(config.model)
         self.perceptual_network = perceptual_network
         self.compute_dtype = jnp.dtype(self.train.compute_dtype)
         self.use_gan = self.stage == "full" and self.train.loss.generator_gan > 0
-        abstract = jax.eval_shape(self._init_models, jax.random.key(0))
+        abstract = jax.eval_shape(self.init_models, jax.random.key(0))
         self.generator_tx, self.discriminator_tx = make_optimizers(self.train, self.stage,
                                                                    abstract[0]["params"])
 
-    def _init_models(self, rng: jax.Array):
+    def init_models(self, rng: jax.Array):
         g_rng, d_rng = jax.random.split(rng)
         size = self.config.model.image_size
         generator = self.generator.init(g_rng, dummy_batch(self.config.model))
         discriminator = self.discriminator.init(d_rng, jnp.zeros((1, size, size, 3)))
         return dict(generator), dict(discriminator)
 
-    def init_state(self, rng: jax.Array, perceptual: dict[str, Any],
-                   identity: dict[str, Any] | None = None) -> TrainState:
-        generator, discriminator = self._init_models(rng)
+    progress_metric = "generator_loss"
+
+    def init_state(self, rng: jax.Array, perceptual: dict[str, Any], identity: dict[str, Any] | None = None,
+                   generator: dict[str, Any] | None = None) -> TrainState:
+        """A fresh state; `generator` variables (e.g. a checkpoint's) replace the random generator if given."""
+        initial_generator, discriminator = self.init_models(rng)
+        generator = initial_generator if generator is None else dict(generator)
         return TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
                           generator_opt=self.generator_tx.init(generator["params"]),
                           discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
@@ -203,3 +211,23 @@ class Trainer:
     def predict(self, state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Generator outputs in eval mode (for image grids)."""
         return self.generator.apply(state.generator, {k: batch[k] for k in BATCH_KEYS}, stage=self.stage)
+
+    def preview(self, state: TrainState, batch: dict[str, jax.Array], rows: int = 4
+                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """(the first `rows` examples of `batch`, the generator's outputs on them): an image grid's content."""
+        shown = {k: batch[k][:rows] for k in ("source", "driving", *BATCH_KEYS)}
+        return shown, self.predict(state, shown)
+
+    def start(self, state: TrainState) -> TrainState:
+        """The official Full-stage start when `config.init_from` names a checkpoint: its ladder and dense-motion
+        weights replace the fresh ones."""
+        if not self.config.get("init_from"):
+            return state
+        _, stored, _ = load_model(self.config.init_from)
+        generator = dict(state.generator)
+        for collection in ("params", "spectral"):
+            if collection in generator:
+                merged = dict(generator[collection])
+                merged.update({k: v for k, v in stored.get(collection, {}).items() if k in WARP_MODULES})
+                generator[collection] = merged
+        return state.replace(generator=generator)

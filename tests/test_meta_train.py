@@ -1,0 +1,202 @@
+"""Meta-training of the generator: sharded meta-steps equal one device, the SN-folded start and SN-free export,
+personalisation resumes exactly, the adaptation benchmark's protocol."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from metaportrait_jax.config import load_config
+from metaportrait_jax.convert.vgg import perceptual_features
+from metaportrait_jax.data.datasets import build_synthetic
+from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
+from metaportrait_jax.data.sources import TfdsFrames
+from metaportrait_jax.eval.adaptation import AdaptationCurves, steps_to_reach, write_report
+from metaportrait_jax.models.generator import BATCH_KEYS, Generator
+from metaportrait_jax.train.checkpoint import load_model, load_sn_free_generator, save_model
+from metaportrait_jax.train.meta_step import MetaTrainer
+from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
+from metaportrait_jax.train.step import Trainer
+from run_tools import logged_steps, start_and_signal
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ID_DIM = 64
+
+
+def _meta_config(*overrides: str):
+    return load_config(os.path.join(REPO, "configs", "meta_train.py:tiny"),
+                       [f"model.id_dim={ID_DIM}", "meta.support=2", "meta.query=2", *overrides])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return build_synthetic(str(tmp_path_factory.mktemp("meta")), "r64_tiny")
+
+
+@pytest.fixture(scope="module")
+def perceptual():
+    network, params = perceptual_features("lpips_vgg16")
+    return network, {"params": params}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, perceptual):
+    """A (random-weight) full-stage checkpoint with spectral norm, as `train` exports it."""
+    config = load_config(os.path.join(REPO, "configs", "pretrain_full.py:tiny"), [f"model.id_dim={ID_DIM}"])
+    state = Trainer(config, perceptual[0]).init_state(jax.random.key(3), perceptual[1])
+    directory = str(tmp_path_factory.mktemp("pretrained") / "export")
+    save_model(directory, config, jax.device_get(state.generator))
+    return directory
+
+
+def _tasks(synthetic, count: int):
+    spec = PipelineSpec("episodes", 8, support=2, query=2)
+    iterator = make_iterator(make_dataset(TfdsFrames(synthetic, "train"), spec), spec)
+    return [next(iterator) for _ in range(count)]
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "maml"])
+def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, algorithm):
+    config = _meta_config("meta.tasks=8", f"meta.algorithm={algorithm!r}", "train.adam_eps_root=1e-16",
+                          f"meta.remat={algorithm == 'maml'}")
+    trainer = MetaTrainer(config, perceptual[0])
+    tasks = _tasks(synthetic, 2)
+    results = []
+    for mesh in (make_mesh(devices=jax.devices()[:1]), make_mesh()):
+        abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual[1])
+        sharding = tree_sharding(abstract, mesh)
+        state = jax.jit(trainer.init_state, out_shardings=sharding)(jax.random.key(0), perceptual[1])
+        step = jax.jit(trainer.step, in_shardings=(sharding, batch_sharding(mesh)), out_shardings=(sharding, None))
+        history = []
+        for batch in tasks:
+            state, metrics = step(state, global_batch(batch, mesh))
+            history.append({k: float(v) for k, v in metrics.items()})
+        results.append((jax.device_get(state.generator["params"]), history))
+    (one, one_history), (eight, eight_history) = results
+    assert len(jax.devices()) == 8
+    for a, b in zip(one_history, eight_history):
+        for key in ("support_loss_before", "support_loss_after_inner", "meta_grad_norm"):
+            assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]), (key, a[key], b[key])
+    assert one_history[0]["finite"] == 1.0 and eight_history[-1]["skipped"] == 0
+    # Adam moves a weight by about ±lr whatever its gradient's size, so weights whose meta-gradient is at round-off
+    # level may differ by up to 2·lr per step; the weights as a whole agree to 1e-5 relative.
+    lr = config.train.learning_rate
+    differing = total = 0
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+        diff = np.abs(np.asarray(a) - np.asarray(b))
+        assert diff.max() <= 2 * lr * len(tasks) * 1.01
+        differing += int(np.sum(diff > 1e-5 * np.abs(a) + 0.05 * lr))
+        total += a.size
+    assert differing / total < 0.01, differing / total
+
+
+def test_meta_config_errors_name_the_field(perceptual):
+    with pytest.raises(ValueError, match="meta.algorithm must be one of"):
+        MetaTrainer(_meta_config("meta.algorithm='mamI'"), perceptual[0])
+    with pytest.raises(ValueError, match="train.adam_eps_root > 0"):
+        MetaTrainer(_meta_config("meta.algorithm='maml'"), perceptual[0])
+    with pytest.raises(ValueError, match="model.use_sn=False"):
+        MetaTrainer(_meta_config("model.use_sn=True"), perceptual[0])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "metaportrait_jax.cli", *args]
+
+
+def _env():
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_free(synthetic, pretrained, tmp_path):
+    workdir = str(tmp_path / "meta")
+    subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"), "--workdir",
+                        workdir, "--no-progress", "--config.data.source=tfds", f"--config.data.path={synthetic}",
+                        f"--config.init_from={pretrained}", f"--config.model.id_dim={ID_DIM}",
+                        "--config.meta.support=2", "--config.meta.query=2", "--config.meta.tasks=2",
+                        "--config.train.steps=1", "--config.train.image_every=1"),
+                   env=_env(), check=True, capture_output=True)
+    config, variables, discriminator = load_model(os.path.join(workdir, "export"))
+    assert not config.model.use_sn and "spectral" not in variables and discriminator is None
+    _, folded = load_sn_free_generator(pretrained)
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(variables))]
+    # one outer Adam step at lr 2e-5 (warp 2e-6) from the folded weights: every layer moved, by at most ~lr
+    assert 0 < max(moved) <= 2e-5 * 1.01
+    # the folded start gives the SN checkpoint's outputs (eval mode)
+    sn_config, sn_variables, _ = load_model(pretrained)
+    spec = PipelineSpec("pairs", 2)
+    batch = next(make_iterator(make_dataset(TfdsFrames(synthetic, "test"), spec), spec))
+    inputs = {k: batch[k] for k in BATCH_KEYS}
+    with_sn = Generator(sn_config.model).apply(sn_variables, inputs)["prediction"]
+    without = Generator(config.model).apply(folded, inputs)["prediction"]
+    np.testing.assert_allclose(without, with_sn, atol=2e-5)
+    # a start whose model differs from the config's is refused with the differing fields
+    result = subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"),
+                                 "--workdir", str(tmp_path / "bad"), "--config.data.source=tfds",
+                                 f"--config.data.path={synthetic}", f"--config.init_from={pretrained}",
+                                 "--config.model.id_dim=32"), env=_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "model.id_dim: 64 vs 32" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _personalize(synthetic, checkpoint, output, steps):
+    return _cli("personalize", "--checkpoint", checkpoint, "--data", synthetic, "--person",
+                str(int(TfdsFrames(synthetic, "test").clips.persons()[0])), "--clips", "0", "--steps", str(steps),
+                "--output", output, "--batch-size", "2", "--no-progress")
+
+
+def test_personalization_resumes_after_interruption_to_the_uninterrupted_result(synthetic, pretrained, tmp_path):
+    steps = 6
+    straight = str(tmp_path / "straight")
+    done = subprocess.run(_personalize(synthetic, pretrained, straight, steps), env=_env(), check=True,
+                          capture_output=True, text=True)
+    assert "personalised 6 steps" in done.stdout
+    interrupted = str(tmp_path / "interrupted")
+    command = _personalize(synthetic, pretrained, interrupted, steps)
+    assert start_and_signal(command, os.path.join(interrupted, "run"), 2, signal.SIGTERM) == 0
+    assert not os.path.exists(os.path.join(interrupted, "config.json"))  # no half-trained model is exported
+    subprocess.run(command, env=_env(), check=True, capture_output=True)
+    _, ours, _ = load_model(interrupted)
+    _, reference, _ = load_model(straight)
+    assert not load_model(interrupted)[0].model.use_sn
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(set(logged_steps(os.path.join(interrupted, "run")))) == list(range(1, steps + 1))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seconds", "5"], "exactly one of --steps N or --seconds S"),
+    (["--person", "999999"], "no person 999999"),
+    (["--clips", "7"], "asked for [7]"),
+])
+def test_personalize_bad_arguments_give_one_line_errors(synthetic, pretrained, tmp_path, extra, message):
+    command = _personalize(synthetic, pretrained, str(tmp_path / "out"), 2)
+    for flag in ("--person", "--clips"):
+        if flag in extra:
+            index = command.index(flag)
+            del command[index:index + 2]
+    result = subprocess.run(command + extra, env=_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_adaptation_curves_protocol_and_report(synthetic, pretrained, tmp_path):
+    _, start = load_sn_free_generator(pretrained)
+    model = load_model(pretrained)[0].model
+    model.use_sn = False
+    curves = AdaptationCurves(model, TfdsFrames(synthetic, "test"), eval_steps=(0, 1, 3), batch_size=2,
+                              learning_rate=1e-3, frames_per_eval=4)
+    persons = curves.persons()[:1]
+    results = curves.run({"pretrained": start, "copy": start}, persons)
+    curve = results["pretrained"]["mean"]
+    assert [row["step"] for row in curve] == [0, 1, 3] and np.isnan(curve[0]["loss"])
+    assert all(np.isfinite(row["lpips"]) and row["lpips"] > 0 and np.isfinite(row["psnr"]) for row in curve)
+    assert results["copy"]["mean"] == curve  # deterministic for its seed
+    assert curve[-1]["lpips"] != curve[0]["lpips"]  # the steps changed the model
+    paths = write_report(results, "pretrained", str(tmp_path / "report"))
+    assert all(os.path.getsize(p) > 0 for p in paths.values())
+    assert steps_to_reach([{"step": 0, "lpips": 0.5}, {"step": 5, "lpips": 0.2}], 0.3) == 5
+    assert steps_to_reach([{"step": 0, "lpips": 0.5}], 0.3) is None
