@@ -62,70 +62,82 @@ def cmd_preprocess(args, overrides):
 
 
 def cmd_demo(args, overrides):
-    """End to end on the embedded synthetic data: build it, pretrain the warp then the full stage (tiny, 64²), and
-    animate held-out persons: each one's first-clip source frame driven by its second clip (ground truth known)."""
-    import json
+    """End to end on the embedded synthetic data (tiny model, 64²): build the data, pretrain the warp then the full
+    stage, meta-train (Reptile) from it, and personalise both starts on held-out persons: each one's first clip to
+    learn from, its second clip (driven from the first clip's source frame) to judge on."""
+    import time
 
     import numpy as np
 
     from metaportrait_jax.data.datasets import build_synthetic
     from metaportrait_jax.data.sources import TfdsFrames
-    from metaportrait_jax.eval.animate import animate_frames, generator_forward
-    from metaportrait_jax.eval.video import write_mp4
-    from metaportrait_jax.train.checkpoint import load_model
+    from metaportrait_jax.eval import demo
+    from metaportrait_jax.eval.adaptation import EVAL_STEPS, AdaptationCurves, write_report
+    from metaportrait_jax.train.checkpoint import load_sn_free_generator
 
     out = os.path.abspath(args.output)
-    # 5x the official learning rate: a few hundred CPU steps then show the model at work (override to change it)
+    os.makedirs(out, exist_ok=True)
+    seconds: dict[str, float] = {}
+    # 5x the official learning rates: a few hundred CPU steps then show something (override to change them)
     common = [f"data.data_dir={os.path.join(out, 'data')}", "train.image_every=50", "train.checkpoint_every=100",
-              "train.learning_rate=1e-3"]
-    warp = _load_config(os.path.join(REPO_CONFIGS, "pretrain_warp.py:tiny"),
-                        [*common, f"train.steps={args.warp_steps}", f"train.decay_steps=({args.warp_steps},)",
-                         *overrides])
-    print(f"1/3 warp stage, {args.warp_steps} steps -> {out}/warp (TensorBoard: tensorboard --logdir {out})")
-    warp_export = train_from_config(warp, os.path.join(out, "warp"))
-    full = _load_config(os.path.join(REPO_CONFIGS, "pretrain_full.py:tiny"),
-                        [*common, f"train.steps={args.full_steps}", f"train.decay_steps=({args.full_steps},)",
-                         f"init_from={warp_export}", *overrides])
-    print(f"2/3 full stage, {args.full_steps} steps -> {out}/full")
-    full_export = train_from_config(full, os.path.join(out, "full"))
-    if warp_export is None or full_export is None:
+              f"seed={args.seed}"]
+    pretrain = [*common, "train.learning_rate=1e-3", f"train.batch_size={args.batch_size}"]
+
+    tic = time.perf_counter()
+    print(f"1/5 data: synthetic_talking_heads r64 -> {out}/data")
+    data_dir = build_synthetic(os.path.join(out, "data"), "r64")
+    seconds["data"] = time.perf_counter() - tic
+    exports = {}
+    for number, stage, steps in ((2, "warp", args.warp_steps), (3, "full", args.full_steps)):
+        tic = time.perf_counter()
+        config = _load_config(os.path.join(REPO_CONFIGS, f"pretrain_{stage}.py:tiny"),
+                              [*pretrain, f"train.steps={steps}", f"train.decay_steps=({steps},)",
+                               *([f"init_from={exports['warp']!r}"] if stage == "full" else []), *overrides])
+        print(f"{number}/5 pretrain {stage} stage, {steps} steps -> {out}/{stage} (tensorboard --logdir {out})")
+        exports[stage] = train_from_config(config, os.path.join(out, stage))
+        seconds[f"pretrain {stage}"] = time.perf_counter() - tic
+        if exports[stage] is None:
+            print(f"stopped early; rerun to resume from {out}")
+            return
+    tic = time.perf_counter()
+    meta = _load_config(os.path.join(REPO_CONFIGS, "meta_train.py:tiny"),
+                        [*common, f"init_from={exports['full']!r}", f"train.steps={args.meta_steps}",
+                         f"train.decay_steps=({args.meta_steps},)", "train.learning_rate=1e-4",
+                         "meta.inner_learning_rate=1e-3", *overrides])
+    print(f"4/5 meta-train (Reptile), {args.meta_steps} steps from the full-stage model -> {out}/meta")
+    exports["meta"] = train_from_config(meta, os.path.join(out, "meta"))
+    seconds["meta-train"] = time.perf_counter() - tic
+    if exports["meta"] is None:
         print(f"stopped early; rerun to resume from {out}")
         return
 
-    print("3/3 animating held-out persons (source from clip 1, motion and ground truth from clip 2)")
-    config, variables, _ = load_model(full_export)
-    test = TfdsFrames(build_synthetic(config.data.data_dir, config.data.synthetic), "test")
-    forward = generator_forward(config.model)  # compiled once for every person
-    rows, scores = [], {"prediction": [], "warped_source": [], "source_copy": []}
-    for person in test.clips.persons()[:args.persons]:
-        first, second = test.clips.clips_of(person)[:2]
-        drivers = range(int(test.clips.start[second]), int(test.clips.start[second] + test.clips.length[second]))
-        result = animate_frames(forward, variables, test, int(test.clips.source[first]), drivers)
-        source = np.broadcast_to(test[int(test.clips.source[first])]["image"], result["driving"].shape)
-        rows.append(np.concatenate([source, result["driving"], result["deformed"], result["prediction"]], axis=2))
-        truth = result["driving"].astype(np.float64)
-        for name, images in (("prediction", result["prediction"]), ("warped_source", result["deformed"]),
-                             ("source_copy", source)):
-            mse = np.mean((images.astype(np.float64) - truth) ** 2)
-            scores[name].append(10 * np.log10(255 ** 2 / mse))
-    video = np.concatenate(rows, axis=1)  # [T, persons·H, 4·W, 3]
-    write_mp4(os.path.join(out, "animation.mp4"), video, fps=config.inference.fps)
-    step = max(1, len(video) // 6)
-    from PIL import Image
-
-    grid = np.concatenate(list(video[::step][:6]), axis=1)
-    Image.fromarray(grid).resize((2 * grid.shape[1], 2 * grid.shape[0]), Image.NEAREST).save(
-        os.path.join(out, "animation.png"))
+    tic = time.perf_counter()
+    eval_steps = [s for s in EVAL_STEPS if s <= args.personalize_steps] + [args.personalize_steps]
+    print(f"5/5 personalise on {args.persons} held-out persons ({args.personalize_steps} steps each, from the "
+          f"pretrained and from the meta-trained model)")
+    frames = TfdsFrames(data_dir, "test")
+    model = meta.model
+    curves = AdaptationCurves(model, frames, eval_steps, batch_size=args.batch_size, learning_rate=1e-3,
+                              seed=args.seed)
+    starts = {"pretrained": load_sn_free_generator(exports["full"])[1],
+              "meta-trained": load_sn_free_generator(exports["meta"])[1]}
+    persons = curves.persons()[:args.persons]
+    results, personalised = curves.run(starts, persons)
+    paths = write_report(results, "pretrained", out)
+    video = demo.animation(curves.forward, frames, persons, starts["pretrained"], personalised["meta-trained"],
+                           args.batch_size)
+    seconds["personalise + evaluate"] = time.perf_counter() - tic
+    demo.write_animation(video, out, fps=meta.inference.fps)
+    with open(paths["md"]) as f:
+        adaptation_table = f.read()
+    demo.write_metrics(os.path.join(out, "metrics.md"), results, adaptation_table, seconds, args)
     plot_losses({stage: os.path.join(out, stage, "metrics.jsonl") for stage in ("warp", "full")},
                 os.path.join(out, "losses.png"))
-    summary = {name: float(np.mean(v)) for name, v in scores.items()}
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"psnr_db": summary, "persons": len(rows), "frames_per_person": len(video)}, f, indent=1)
-    print(f"held-out PSNR: prediction {summary['prediction']:.2f} dB, warped source {summary['warped_source']:.2f} "
-          f"dB, copying the source {summary['source_copy']:.2f} dB")
-    print(f"demo outputs in {out}: animation.mp4 and animation.png (rows: persons; columns: source | driving | "
-          f"warped source | prediction), losses.png, metrics.json, warp/ and full/ (checkpoints, TensorBoard, "
-          f"metrics.jsonl)")
+    with open(os.path.join(out, "metrics.md")) as f:
+        print(f.read())
+    print(f"demo outputs in {out}: animation.mp4 (rows: persons; columns: source | driving | one-shot | "
+          f"personalised), adaptation.png, metrics.md; also animation.png, adaptation.json, losses.png and the "
+          f"runs warp/, full/, meta/ (checkpoints, TensorBoard, metrics.jsonl)")
 
 
 def plot_losses(logs: dict[str, str], path: str) -> None:
@@ -356,7 +368,7 @@ def cmd_benchmark(args, overrides):
     frames = open_frames(config.data, config.model)  # the held-out persons
     curves = AdaptationCurves(config.model, frames, batch_size=args.batch_size, seed=config.seed)
     persons = curves.persons()[:args.persons]
-    results = curves.run(starts, persons)
+    results, _ = curves.run(starts, persons)
     paths = write_report(results, "pretrained", workdir)
     with open(paths["json"]) as f:
         report = json.load(f)
@@ -484,11 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_benchmark)
 
-    p = sub.add_parser("demo", help="end to end on the synthetic data: build, pretrain warp + full, animate")
+    p = sub.add_parser("demo", help="end to end on the synthetic data: build, pretrain, meta-train, personalise")
     p.add_argument("--output", default="results/demo", help="work directory (a rerun resumes it)")
-    p.add_argument("--warp-steps", type=_positive_int, default=300)
-    p.add_argument("--full-steps", type=_positive_int, default=300)
-    p.add_argument("--persons", type=_positive_int, default=4, help="held-out persons to animate")
+    p.add_argument("--warp-steps", type=_positive_int, default=150)
+    p.add_argument("--full-steps", type=_positive_int, default=150)
+    p.add_argument("--meta-steps", type=_positive_int, default=40)
+    p.add_argument("--personalize-steps", type=_positive_int, default=50)
+    p.add_argument("--persons", type=_positive_int, default=2, help="held-out persons to personalise and animate")
+    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--seed", type=int, default=365)
     p.set_defaults(run=cmd_demo)
     return parser
 

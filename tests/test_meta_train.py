@@ -190,7 +190,8 @@ def test_adaptation_curves_protocol_and_report(synthetic, pretrained, tmp_path):
     curves = AdaptationCurves(model, TfdsFrames(synthetic, "test"), eval_steps=(0, 1, 3), batch_size=2,
                               learning_rate=1e-3, frames_per_eval=4)
     persons = curves.persons()[:1]
-    results = curves.run({"pretrained": start, "copy": start}, persons)
+    results, personalised = curves.run({"pretrained": start, "copy": start}, persons)
+    assert set(personalised["copy"]) == set(persons)
     curve = results["pretrained"]["mean"]
     assert [row["step"] for row in curve] == [0, 1, 3] and np.isnan(curve[0]["loss"])
     assert all(np.isfinite(row["lpips"]) and row["lpips"] > 0 and np.isfinite(row["psnr"]) for row in curve)

@@ -56,10 +56,12 @@ class AdaptationCurves:
                                        out["driving"][i:i + self.batch_size]))
                  for i in range(0, len(drivers), self.batch_size)]
         return {"psnr": float(np.mean(metrics.psnr(out["prediction"], out["driving"]))),
+                "ssim": float(np.mean(metrics.ssim(out["prediction"], out["driving"]))),
                 "lpips": float(np.mean(np.concatenate(lpips)))}
 
-    def curve(self, generator: dict, person: int) -> list[dict[str, float]]:
-        """`[{"step", "psnr", "lpips", "loss", "seconds"}]` at each eval step for one start and person."""
+    def curve(self, generator: dict, person: int) -> tuple[list[dict[str, float]], dict]:
+        """(`[{"step", "psnr", "ssim", "lpips", "loss", "seconds"}]` at each eval step, the personalised
+        `{"params": ...}`) for one start and person."""
         clips = self.frames.clips
         first, second = clips.clips_of(person)[:2]
         spec = PipelineSpec("pairs", self.batch_size, seed=self.seed, source="clip", workers=1)
@@ -76,21 +78,22 @@ class AdaptationCurves:
                 state, step_metrics = self.step(state, next(batches))
                 loss = float(step_metrics["generator_loss"])
                 seconds += time.perf_counter() - tic
-        return rows
+        return rows, {"params": state.generator["params"]}
 
-    def run(self, starts: dict[str, dict], persons: Sequence[int]) -> dict:
-        """{start name: {"per_person": {person: curve}, "mean": curve averaged over persons}}."""
-        results = {}
+    def run(self, starts: dict[str, dict], persons: Sequence[int]) -> tuple[dict, dict]:
+        """({start name: {"per_person": {person: curve}, "mean": curve averaged over persons}},
+        {start name: {person: personalised generator variables}})."""
+        results, personalised = {}, {}
         with tqdm(total=len(starts) * len(persons), desc="adaptation curves", unit="curve") as bar:
             for name, generator in starts.items():
-                per_person = {}
+                per_person, personalised[name] = {}, {}
                 for person in persons:
-                    per_person[str(person)] = self.curve(generator, person)
+                    per_person[str(person)], personalised[name][person] = self.curve(generator, person)
                     bar.update(1)
                 mean = [{key: float(np.mean([c[i][key] for c in per_person.values()])) for key in per_person[
                     str(persons[0])][i]} for i in range(len(self.eval_steps))]
                 results[name] = {"per_person": per_person, "mean": mean}
-        return results
+        return results, personalised
 
 
 def steps_to_reach(curve: list[dict], target: float, key: str = "lpips") -> int | None:
