@@ -2,6 +2,7 @@
 any frame source (one source frame driven by another clip's frames), and a raw portrait photo animated by a raw
 driving video (`animate --source --driving`)."""
 
+import copy
 import dataclasses
 import itertools
 import os
@@ -52,9 +53,17 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     return video
 
 
+_FORWARDS: dict[str, Callable] = {}
+
+
 def generator_forward(model_config):
-    """The jitted generator forward `(variables, batch) -> outputs`; build it once and reuse it across calls."""
-    return jax.jit(lambda v, b: Generator(model_config).apply(v, b))
+    """The jitted generator forward `(variables, batch) -> outputs` for a model config; the same function (and so
+    its compiled executables) for equal configs within a process, so repeated runs compile once."""
+    key = model_config.to_json_best_effort(sort_keys=True)
+    if key not in _FORWARDS:
+        frozen = copy.deepcopy(model_config)  # later edits of the caller's config must not reach the cached function
+        _FORWARDS[key] = jax.jit(lambda v, b: Generator(frozen).apply(v, b))
+    return _FORWARDS[key]
 
 
 def generate(forward, variables, examples: Iterable[dict[str, np.ndarray]], batch_size: int,

@@ -77,6 +77,7 @@ PROTOCOL_MEASURES = {SELF: ("l1", "psnr", "ssim", "lpips", "csim", "aed", "akd",
                      CROSS: ("csim", "aed", "akd", "akd_rel", "mkr", "fid")}
 # Measures that compare a row with itself (constant by definition), left out of the table.
 SELF_COMPARISONS = {(SELF, "ground_truth"): {"l1", "psnr", "ssim", "lpips", "aed", "akd", "mkr", "fid"},
+                    (SELF, "source_copy"): {"csim"},
                     (CROSS, "source_copy"): {"csim", "aed"},
                     (CROSS, "driving_frame"): {"akd", "mkr", "fid"}}
 PSNR_CAP_DB = 100.0
@@ -433,8 +434,8 @@ class Evaluation:
         """The pairing's record span and the model row's means over its frames (those after `before` per measure)."""
         means = {k: _mean(v[before.get(k, 0):]) for k, v in model.values.items()}
         return {"source_person": pairing.source_person, "driving_person": pairing.driving_person,
-                "source_record": pairing.source_record, "driving_records": [pairing.driving_records[0],
-                                                                            pairing.driving_records[-1]],
+                "source_record": pairing.source_record,
+                "driving_record_span": [pairing.driving_records[0], pairing.driving_records[-1]],
                 "frames": len(pairing.driving_records), "model": means}
 
     def _summary(self, protocol: str, rows: dict[str, _RowValues]) -> dict[str, Any]:

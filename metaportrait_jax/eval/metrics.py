@@ -90,12 +90,16 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     """Fréchet distance of two Gaussians: |μa − μb|² + tr(Σa + Σb − 2 (Σa Σb)^½) (FID on Inception pool3 features).
 
     tr((Σa Σb)^½) is computed as Σ √λ of the symmetric PSD matrix Σa^½ Σb Σa^½ (same eigenvalues as Σa Σb), which
-    stays real and finite for the rank-deficient covariances of sets smaller than the feature size.
+    stays real and finite for the rank-deficient covariances of sets smaller than the feature size. Eigenvalues
+    within rounding of zero count as zero: their square roots would otherwise add up to noise of order √eps each.
     """
+    def significant(values: np.ndarray) -> np.ndarray:
+        return np.where(values > len(values) * np.finfo(np.float64).eps * np.max(np.abs(values)), values, 0)
+
     values, vectors = np.linalg.eigh(np.asarray(cov_a, np.float64))
-    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    root_a = (vectors * np.sqrt(significant(values))) @ vectors.T
     middle = root_a @ np.asarray(cov_b, np.float64) @ root_a
-    trace_root = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)))
+    trace_root = np.sum(np.sqrt(significant(np.linalg.eigvalsh((middle + middle.T) / 2))))
     difference = np.asarray(mean_a, np.float64) - np.asarray(mean_b, np.float64)
     return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
