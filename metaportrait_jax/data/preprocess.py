@@ -33,7 +33,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import cv2
@@ -181,7 +181,7 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-class _FaceTools:
+class FaceTools:
     """dlib's HOG face detector, 68-point shape predictor and ResNet identity descriptor, loaded once per run, and a
     factory of MediaPipe face-mesh trackers."""
 
@@ -230,12 +230,13 @@ class _FaceTools:
         return np.asarray(self._descriptor.compute_face_descriptor(crop, shape), np.float32).reshape(1, 128)
 
     @contextlib.contextmanager
-    def face_mesh(self) -> Iterator[Callable[[np.ndarray], np.ndarray | None]]:
+    def face_mesh(self, static: bool = False) -> Iterator[Callable[[np.ndarray], np.ndarray | None]]:
         """A fresh MediaPipe tracker (one per clip: it carries state from frame to frame) as a function
-        `[S, S, 3]` uint8 RGB -> `[478, 2]` float32 (x, y) in [0, 1], or None without a face."""
+        `[S, S, 3]` uint8 RGB -> `[478, 2]` float32 (x, y) in [0, 1], or None without a face. `static` detects
+        afresh in every image instead (independent frames, as metrics want)."""
         with _native_stderr_silenced(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # MediaPipe's own use of a deprecated protobuf API
-            mesh = self._face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True)
+            mesh = self._face_mesh.FaceMesh(static_image_mode=static, max_num_faces=1, refine_landmarks=True)
 
         def landmarks(crop: np.ndarray) -> np.ndarray | None:
             with _native_stderr_silenced():
@@ -321,19 +322,32 @@ def _error_summary(error: BaseException) -> str:
     return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
-def _clip_face_box(frames: _ClipFrames, tools: _FaceTools) -> np.ndarray | None:
-    """`[4]` median face box (left, top, right, bottom) over a few evenly spaced frames: one static crop per clip."""
-    samples = np.linspace(0, len(frames) - 1, min(len(frames), DETECTION_SAMPLES)).round().astype(int)
-    boxes = []
-    for index in sorted(set(samples.tolist())):
-        frame = frames[index]
-        box = None if frame is None else tools.detect(frame)
-        if box is not None:
-            boxes.append(box)
+def detection_sample_indices(num_frames: int) -> list[int]:
+    """The frames, evenly spaced, searched for the face that fixes a clip's static crop."""
+    samples = np.linspace(0, num_frames - 1, min(num_frames, DETECTION_SAMPLES)).round().astype(int)
+    return sorted(set(samples.tolist()))
+
+
+def median_face_box(frames: Iterable[np.ndarray | None], tools: FaceTools) -> np.ndarray | None:
+    """`[4]` median face box (left, top, right, bottom) over the faces found in `frames` (None: unreadable), or None."""
+    boxes = [box for box in (None if f is None else tools.detect(f) for f in frames) if box is not None]
     return np.median(np.stack(boxes), axis=0) if boxes else None
 
 
-def _process_clip(clip: Clip, number: int, root: str, size: int, tools: _FaceTools, report: PreprocessReport,
+def crop_identity(tools: FaceTools, image: np.ndarray, face_box: np.ndarray, crop: tuple[int, int, int]) -> np.ndarray:
+    """`[1, 128]` dlib identity of `image`, the `[S, S, 3]` crop `crop` (left, top, side) of a frame whose face box
+    (frame pixels) is `face_box`; the box, mapped into the crop, stands in where HOG misses the face there."""
+    left, top, side = crop
+    box_in_crop = (np.asarray(face_box, np.float64) - [left, top, left, top]) * (image.shape[0] / side)
+    return tools.identity(image, box_in_crop)
+
+
+def _clip_face_box(frames: _ClipFrames, tools: FaceTools) -> np.ndarray | None:
+    """`[4]` median face box over a few evenly spaced frames: one static crop per clip."""
+    return median_face_box((frames[i] for i in detection_sample_indices(len(frames))), tools)
+
+
+def _process_clip(clip: Clip, number: int, root: str, size: int, tools: FaceTools, report: PreprocessReport,
                   progress: bool) -> dict[str, Any]:
     """Writes one clip (frames into a staging folder moved into place at the end); returns its manifest entry."""
     entry: dict[str, Any] = dict(input=clip.path, number=number, topology=TOPOLOGY, status="unreadable",
@@ -414,13 +428,11 @@ def _process_clip(clip: Clip, number: int, root: str, size: int, tools: _FaceToo
         return entry
 
     image, landmarks, entry["source_frame"] = source
-    scale = size / side
-    box_in_crop = (face_box - [left, top, left, top]) * scale
     prefix = os.path.join(root, f"src_{clip.key}")
     _save_png(prefix + ".png", image)
     _save_npy(prefix + "_ldmk.npy", landmarks)
     _save_npy(prefix + "_theta.npy", theta)
-    _save_npy(prefix + "_id.npy", tools.identity(image, box_in_crop))
+    _save_npy(prefix + "_id.npy", crop_identity(tools, image, face_box, crop))
     final = os.path.join(root, clip.key)
     shutil.rmtree(final, ignore_errors=True)  # left by a run interrupted before its manifest entry was written
     os.replace(staging, final)
@@ -486,7 +498,7 @@ def preprocess(input_path: str, output_dir: str, size: int = 256, progress: bool
         if entry is not None and entry.get("status") == "done":
             report.clips_already_done += 1
             continue
-        tools = tools or _FaceTools()
+        tools = tools or FaceTools()
         number = entry["number"] if entry is not None else 1 + max(
             (e["number"] for e in manifest["clips"].values()), default=-1)
         manifest["clips"][clip.key] = _process_clip(clip, number, root, size, tools, report, progress)

@@ -76,6 +76,15 @@ class FrameSource(Protocol):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
 
 
+def fit_problems(frames: FrameSource, model) -> list[str]:
+    """What keeps a model config (`config.model`) from running on `frames`: e.g. ["image size 64 (model expects
+    256)"]; empty when they fit."""
+    return [f"{name} {have} (model expects {want})" for name, have, want in (
+        ("image size", frames.image_size, model.image_size), ("identity size", frames.id_dim, model.id_dim),
+        ("gaze points", frames.topology.num_gaze, model.num_gaze),
+        ("landmark topology", frames.topology.name, model.topology)) if have != want]
+
+
 class OfficialLayoutFrames:
     """An official-layout folder (spec §1.6) as a frame source: one clip per class key `k`, one person per clip."""
 

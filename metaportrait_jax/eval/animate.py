@@ -1,20 +1,29 @@
-"""Animation: self-reconstruction on official-layout folders (`animate --official-data`) and cross-clip
-reenactment on any frame source (one source frame driven by another clip's frames)."""
+"""Animation: self-reconstruction on official-layout folders (`animate --official-data`), cross-clip reenactment on
+any frame source (one source frame driven by another clip's frames), and a raw portrait photo animated by a raw
+driving video (`animate --source --driving`)."""
 
+import copy
+import dataclasses
+import itertools
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import cv2
 import imageio.v2 as imageio
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from metaportrait_jax.data.official_layout import OfficialLayout
+from metaportrait_jax.data.official_layout import DataError, OfficialLayout
 from metaportrait_jax.data.pipeline import pair_example
+from metaportrait_jax.data.preprocess import FaceTools
+from metaportrait_jax.data.raw_inputs import prepare_driving, prepare_source
 from metaportrait_jax.data.sources import FrameSource
-from metaportrait_jax.eval.video import to_uint8, write_mp4
+from metaportrait_jax.eval.video import to_uint8, write_mp4, write_mp4_atomic
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator
+from metaportrait_jax.ops.retarget import motion_targets
 from metaportrait_jax.ops.topology import get_topology
-from metaportrait_jax.train.checkpoint import load_model
+from metaportrait_jax.train.checkpoint import CheckpointError, load_model
 
 
 def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_size: int | None = None) -> str:
@@ -44,9 +53,32 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     return video
 
 
+_FORWARDS: dict[str, Callable] = {}
+
+
 def generator_forward(model_config):
-    """The jitted generator forward `(variables, batch) -> outputs`; build it once and reuse it across calls."""
-    return jax.jit(lambda v, b: Generator(model_config).apply(v, b))
+    """The jitted generator forward `(variables, batch) -> outputs` for a model config; the same function (and so
+    its compiled executables) for equal configs within a process, so repeated runs compile once."""
+    key = model_config.to_json_best_effort(sort_keys=True)
+    if key not in _FORWARDS:
+        frozen = copy.deepcopy(model_config)  # later edits of the caller's config must not reach the cached function
+        _FORWARDS[key] = jax.jit(lambda v, b: Generator(frozen).apply(v, b))
+    return _FORWARDS[key]
+
+
+def generate(forward, variables, examples: Iterable[dict[str, np.ndarray]], batch_size: int,
+             keys: Sequence[str] = ("prediction",)) -> Iterator[dict[str, np.ndarray]]:
+    """Runs `forward` (from `generator_forward`) over `examples` (dicts holding at least `BATCH_KEYS`, no batch axis)
+    `batch_size` at a time; yields per batch `{key: uint8 [b, H, W, 3]}` for `keys` of the generator outputs.
+
+    Every call has one shape (the last batch is padded by repeating its last example), so it compiles once.
+    """
+    iterator = iter(examples)
+    while chunk := list(itertools.islice(iterator, batch_size)):
+        valid = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - valid)
+        out = forward(variables, {k: np.stack([e[k] for e in chunk]) for k in BATCH_KEYS})
+        yield {k: to_uint8(np.asarray(out[k])[:valid]) for k in keys}
 
 
 def animate_frames(forward, variables, frames: FrameSource, source_record: int, driving_records,
@@ -58,15 +90,83 @@ def animate_frames(forward, variables, frames: FrameSource, source_record: int, 
     truth when source and driving frames show the same person).
     """
     source = frames[int(source_record)]
-    examples = [pair_example(source, frames[int(r)], source["identity"], frames.topology) for r in driving_records]
-    outputs = {"prediction": [], "deformed": [], "driving": []}
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        valid = len(chunk)
-        chunk += [chunk[-1]] * (batch_size - valid)  # one compiled shape
-        batch = {k: np.stack([e[k] for e in chunk]) for k in (*BATCH_KEYS, "driving")}
-        out = forward(variables, {k: batch[k] for k in BATCH_KEYS})
-        for key, value in (("prediction", out["prediction"]), ("deformed", out["deformed"]),
-                           ("driving", batch["driving"])):
-            outputs[key].append(to_uint8(np.asarray(value)[:valid]))
-    return {k: np.concatenate(v) for k, v in outputs.items()}
+    drivers = [frames[int(r)] for r in driving_records]
+    examples = (pair_example(source, d, source["identity"], frames.topology) for d in drivers)
+    batches = list(generate(forward, variables, examples, batch_size, ("prediction", "deformed")))
+    return {"prediction": np.concatenate([b["prediction"] for b in batches]),
+            "deformed": np.concatenate([b["deformed"] for b in batches]),
+            "driving": np.stack([d["image"] for d in drivers])}
+
+
+# What `animate --source/--driving` can produce from raw photos and videos (see `data.raw_inputs`).
+RAW_TOPOLOGY, RAW_ID_DIM = "mediapipe478", 128
+
+
+def check_raw_input_model(checkpoint_dir: str, model_config) -> None:
+    """Refuses a model whose landmarks or identity vectors raw photos and videos cannot give."""
+    if (model_config.topology, model_config.id_dim) != (RAW_TOPOLOGY, RAW_ID_DIM):
+        raise CheckpointError(
+            f"{checkpoint_dir}: the model takes {model_config.topology!r} landmarks and {model_config.id_dim}-d "
+            f"identities, but raw photos and videos give {RAW_TOPOLOGY!r} landmarks and {RAW_ID_DIM}-d dlib identities "
+            f"(use a model trained on `preprocess` output, or --official-data)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnimationReport:
+    output: str
+    frames: int
+    driving_frames_without_face: list[int]
+    fps: float
+
+
+def _side_by_side(source: np.ndarray, driving: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """`[H, W, 3]` source | driving | result, the first two resized to the result's height (it may be upsampled)."""
+    height = result.shape[0]
+    panels = [p if p.shape[0] == height else cv2.resize(p, (height, height), interpolation=cv2.INTER_CUBIC)
+              for p in (source, driving)]
+    return np.concatenate([*panels, result], axis=1)
+
+
+def animate_portrait(checkpoint_dir: str, source_path: str, driving_path: str, output_path: str, *,
+                     batch_size: int | None = None, motion: str = "relative", side_by_side: bool = False,
+                     max_frames: int | None = None, upsample: Callable[[Iterator[np.ndarray]], Iterator[np.ndarray]]
+                     | None = None, progress: bool = True) -> AnimationReport:
+    """Animates the face of a photo with the motion of the face in a video; writes an H.264 mp4 at the video's fps.
+
+    Both inputs are cropped and landmarked as `preprocess` does (`data.raw_inputs`); `motion` "relative" moves the
+    photo's own landmarks by each driving frame's change from the first (scale-aligned, `ops.retarget`), "absolute"
+    uses the driving landmarks as they are (same person, same framing). The checkpoint is any `save_model`
+    directory with mediapipe478 landmarks and 128-d identities: a pretrained or a personalised model. `upsample`
+    maps the stream of `[S, S, 3]` uint8 predictions to the frames written (the place for temporal super-resolution).
+    The mp4 appears only once complete.
+    """
+    config, variables, _ = load_model(checkpoint_dir)
+    model = config.model
+    check_raw_input_model(checkpoint_dir, model)
+    if not output_path.lower().endswith(".mp4"):
+        raise DataError(f"{output_path}: the output must be an .mp4 file")
+    batch_size = batch_size or config.get("inference", {}).get("batch_size", 1)
+    tools = FaceTools()
+    source = prepare_source(source_path, model.image_size, tools)
+    driving = prepare_driving(driving_path, model.image_size, tools, max_frames, progress)
+    topology = get_topology(model.topology)
+    targets = motion_targets(source.landmarks, driving.landmarks, motion)
+    source_record = {"image": source.image, "landmarks": source.landmarks}
+    examples = (pair_example(source_record, {"image": frame, "landmarks": points}, source.identity, topology)
+                for frame, points in zip(driving.frames, targets))
+    forward = generator_forward(model)
+    bar = tqdm(total=len(targets), desc="animate", unit="frame", disable=not progress)
+
+    def predictions() -> Iterator[np.ndarray]:
+        for batch in generate(forward, variables, examples, batch_size):
+            bar.update(len(batch["prediction"]))
+            yield from batch["prediction"]
+
+    results = upsample(predictions()) if upsample else predictions()
+    if side_by_side:
+        results = (_side_by_side(source.image, d, r) for d, r in zip(driving.frames, results))
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    fps = driving.fps or config.get("inference", {}).get("fps", 23.98)
+    with bar:
+        count = write_mp4_atomic(output_path, results, fps)
+    return AnimationReport(output_path, count, driving.without_face, fps)
