@@ -59,10 +59,10 @@ def _tasks(synthetic, count: int):
     return [next(iterator) for _ in range(count)]
 
 
-@pytest.mark.parametrize("algorithm", ["reptile", "maml"])
-def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, algorithm):
-    config = _meta_config("meta.tasks=8", f"meta.algorithm={algorithm!r}", "train.adam_eps_root=1e-16",
-                          f"meta.remat={algorithm == 'maml'}")
+def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual):
+    # The task split is the same for every algorithm (they differ inside one task); MAML on the generator runs in
+    # the command-line test below.
+    config = _meta_config("meta.tasks=8")
     trainer = MetaTrainer(config, perceptual[0])
     tasks = _tasks(synthetic, 2)
     results = []
@@ -117,7 +117,8 @@ def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_fr
                         workdir, "--no-progress", "--config.data.source=tfds", f"--config.data.path={synthetic}",
                         f"--config.init_from={pretrained}", f"--config.model.id_dim={ID_DIM}",
                         "--config.meta.support=2", "--config.meta.query=2", "--config.meta.tasks=2",
-                        "--config.train.steps=1", "--config.train.image_every=1"),
+                        "--config.meta.algorithm=maml", "--config.train.adam_eps_root=1e-16",
+                        "--config.meta.remat=True", "--config.train.steps=1", "--config.train.image_every=1"),
                    env=_env(), check=True, capture_output=True)
     config, variables, discriminator = load_model(os.path.join(workdir, "export"))
     assert not config.model.use_sn and "spectral" not in variables and discriminator is None
@@ -150,11 +151,11 @@ def _personalize(synthetic, checkpoint, output, steps):
 
 
 def test_personalization_resumes_after_interruption_to_the_uninterrupted_result(synthetic, pretrained, tmp_path):
-    steps = 6
+    steps = 10  # signalled at step 2: room for a slow poll of the log on a busy machine
     straight = str(tmp_path / "straight")
     done = subprocess.run(_personalize(synthetic, pretrained, straight, steps), env=_env(), check=True,
                           capture_output=True, text=True)
-    assert "personalised 6 steps" in done.stdout
+    assert f"personalised {steps} steps" in done.stdout
     interrupted = str(tmp_path / "interrupted")
     command = _personalize(synthetic, pretrained, interrupted, steps)
     assert start_and_signal(command, os.path.join(interrupted, "run"), 2, signal.SIGTERM) == 0
