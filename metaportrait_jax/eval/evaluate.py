@@ -81,7 +81,7 @@ SELF_COMPARISONS = {(SELF, "ground_truth"): {"l1", "psnr", "ssim", "lpips", "aed
                     (CROSS, "source_copy"): {"csim", "aed"},
                     (CROSS, "driving_frame"): {"akd", "mkr", "fid"}}
 PSNR_CAP_DB = 100.0
-NOTHING_MEASURED = "no frame could be measured (no face found in any reference frame, or too few frames)"
+NOTHING_MEASURED = "no frame to measure: none with a face in both the row and its reference (see MKR), or too few"
 FACE_TOOL_MIN_SIDE = 256
 LEGEND = {
     "L1": "mean absolute error in [0, 1] units vs ground truth",
@@ -446,8 +446,7 @@ class Evaluation:
                 own = np.concatenate(values.features)
                 real = np.concatenate(self.real_features)
                 if len(own) >= 2 and len(real) >= 2:
-                    summary["fid"] = metrics.frechet_distance(*metrics.feature_statistics(own),
-                                                              *metrics.feature_statistics(real))
+                    summary["fid"] = metrics.frechet_distance_of_features(own, real)
                     summary["fid_samples"] = [len(own), len(real)]
             if values.dlib_found:
                 summary["dlib_face_found"] = float(np.mean(values.dlib_found))
