@@ -53,11 +53,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from metaportrait_jax.data.official_layout import DataError
-from metaportrait_jax.data.pipeline import pair_example
 from metaportrait_jax.data.preprocess import FaceTools, MissingToolsError
 from metaportrait_jax.data.sources import METADATA_FILE, FrameSource, OfficialLayoutFrames, TfdsFrames, fit_problems
 from metaportrait_jax.eval import metrics
-from metaportrait_jax.eval.animate import generate, generator_forward
+from metaportrait_jax.eval.animate import animate_frames, generator_forward
 from metaportrait_jax.ops.retarget import relative_landmarks
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.checkpoint import load_model
@@ -269,9 +268,10 @@ class Evaluation:
         self.config, self.variables, _ = load_model(checkpoint_dir)
         self.model = self.config.model
         self.frames = open_eval_data(data_path, split, self.model)
-        self.topology = get_topology(self.model.topology)
         self.batch_size = batch_size or self.config.get("inference", {}).get("batch_size", 8)
         self.pairings, self.skipped = plan_pairings(self.frames, max_persons, max_frames)
+        if not self.pairings[SELF]:
+            raise DataError(f"{data_path}: holds no clip to evaluate")
         self.forward = generator_forward(self.model)  # compiled on first use, once for the run
         self.not_applicable: dict[str, str] = {}
         self.progress = progress
@@ -319,23 +319,17 @@ class Evaluation:
             self.not_applicable[name] = reason
         return None
 
-    def _animate(self, pairing: Pairing, relative: bool) -> dict[str, np.ndarray]:
-        """uint8 `[T, H, W, 3]` prediction, deformed, driving; plus the source image `[H, W, 3]`."""
-        source = self.frames[pairing.source_record]
-        drivers = [self.frames[r] for r in pairing.driving_records]
-        points = np.stack([d["landmarks"] for d in drivers])
-        if relative:
-            points = relative_landmarks(source["landmarks"], points, points[0])
-        examples = (pair_example(source, {"image": d["image"], "landmarks": p}, source["identity"], self.topology)
-                    for d, p in zip(drivers, points))
-        batches = list(generate(self.forward, self.variables, examples, self.batch_size, ("prediction", "deformed")))
-        return {"prediction": np.concatenate([b["prediction"] for b in batches]),
-                "deformed": np.concatenate([b["deformed"] for b in batches]),
-                "driving": np.stack([d["image"] for d in drivers]), "source": source["image"],
-                "flow": np.stack([d["flow"] for d in drivers]) if self.has_flow else None}
+    def _animate(self, pairing: Pairing, motion: str) -> dict[str, np.ndarray]:
+        """uint8 `[T, H, W, 3]` prediction, deformed, driving; the source image `[H, W, 3]`; flow `[T, H, W, 2]`."""
+        out = animate_frames(self.forward, self.variables, self.frames, pairing.source_record,
+                             pairing.driving_records, self.batch_size, motion)
+        out["source"] = self.frames[pairing.source_record]["image"]
+        out["flow"] = (np.stack([self.frames[r]["flow"] for r in pairing.driving_records]) if self.has_flow
+                       else None)
+        return out
 
     def _measure_pairing(self, protocol: str, pairing: Pairing, rows: dict[str, _RowValues]) -> dict[str, np.ndarray]:
-        out = self._animate(pairing, relative=protocol == CROSS)
+        out = self._animate(pairing, "relative" if protocol == CROSS else "absolute")
         count = len(out["driving"])
         reference_name = "ground_truth" if protocol == SELF else "driving_frame"
         images = {"model": out["prediction"], "warped_source": out["deformed"],
