@@ -1,6 +1,7 @@
 """FID: the Inception-v3 port and its .pth loader against torchvision's and pytorch-fid's own forwards on random
 weights the test makes, and the Fréchet distance against a direct scipy computation."""
 
+import functools
 import os
 
 import jax
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from metaportrait_jax.convert.inception import detect_variant, inception_to_flax, load_inception
+from metaportrait_jax.convert.inception import (detect_variant, expected_state_dict_shapes, inception_to_flax,
+                                                load_inception)
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.torch_reader import UnsafeCheckpointError
 from metaportrait_jax.eval import metrics
@@ -52,10 +54,15 @@ def _images(size: int, count: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(size=(count, size, size, 3)).astype(np.float32)
 
 
-def _ours(path: str, images: np.ndarray, resize: bool) -> np.ndarray:
+@functools.cache
+def _feature_function(path: str, resize: bool):
     module, params = load_inception(path)
-    module = module.clone(resize=resize)
-    return np.asarray(jax.jit(lambda p, x: module.apply({"params": p}, x))(params, images))
+    forward = jax.jit(module.clone(resize=resize).apply)  # one compilation per weights file, resize and shape
+    return lambda images: np.asarray(forward({"params": params}, images))
+
+
+def _ours(path: str, images: np.ndarray, resize: bool) -> np.ndarray:
+    return _feature_function(path, resize)(images)
 
 
 def test_torchvision_variant_matches_torchvision_forward(weights):
@@ -98,6 +105,13 @@ def test_variant_is_told_by_the_classifier_size(weights):
         detect_variant(bad, "x.pth")
 
 
+def test_the_port_reads_every_torchvision_tensor_but_the_classifier(weights):
+    state_dict = weights["torchvision"][1]
+    used = {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith("fc.")
+            and not k.endswith("num_batches_tracked")}
+    assert expected_state_dict_shapes() == used and len(used) == 94 * 5
+
+
 def test_mismatched_weights_list_their_keys(weights):
     state_dict = {k: v.numpy() for k, v in weights["pytorch_fid"][1].items()}
     del state_dict["Mixed_6b.branch7x7_2.bn.running_var"]
@@ -135,11 +149,15 @@ def test_frechet_distance_matches_scipy_and_vanishes_on_the_same_set():
     # Fewer samples than dimensions: rank-deficient covariances still give a finite, real distance.
     few = metrics.feature_statistics(a[:5])
     assert np.isfinite(metrics.frechet_distance(*few, mean_b, cov_b))
+    # From the features directly: both routes (small sets: nuclear norm of A·Bᵀ; large: covariances) agree.
+    for x, y in ((a, b), (a[:5], b), (a[:12], b[:9])):
+        np.testing.assert_allclose(metrics.frechet_distance_of_features(x, y), metrics.frechet_distance(
+            *metrics.feature_statistics(x), *metrics.feature_statistics(y)), rtol=1e-7, atol=1e-9)
 
 
 def test_fid_of_a_set_against_itself_is_zero(weights):
     features = _ours(weights["pytorch_fid"][0], _images(48, count=6, seed=3), resize=True)
-    statistics = metrics.feature_statistics(features)
-    assert abs(metrics.frechet_distance(*statistics, *statistics)) < 1e-6 * np.trace(statistics[1])
-    other = metrics.feature_statistics(_ours(weights["pytorch_fid"][0], _images(48, count=6, seed=4), resize=True))
-    assert metrics.frechet_distance(*statistics, *other) > 1e-3 * np.trace(statistics[1])
+    scale = np.sum(np.var(features, axis=0))
+    assert abs(metrics.frechet_distance_of_features(features, features)) < 1e-9 * scale
+    other = _ours(weights["pytorch_fid"][0], _images(48, count=6, seed=4), resize=True)
+    assert metrics.frechet_distance_of_features(features, other) > 1e-3 * scale

@@ -37,6 +37,20 @@ def _conv_shapes() -> dict[str, tuple[int, ...]]:
     return {".".join(path[:-2]): tuple(leaf.shape) for path, leaf in flat.items() if path[-1] == "kernel"}
 
 
+def _module_tensor_shapes(kernel_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Suffix -> torch shape of one BasicConv2d's tensors, from its flax kernel shape (kh, kw, I, O)."""
+    kh, kw, cin, cout = kernel_shape
+    return {"conv.weight": (cout, cin, kh, kw), "bn.weight": (cout,), "bn.bias": (cout,), "bn.running_mean": (cout,),
+            "bn.running_var": (cout,)}
+
+
+def expected_state_dict_shapes() -> dict[str, tuple[int, ...]]:
+    """torch key -> shape of every tensor the port reads (94 convs and their batch norms; `fc` only names the
+    variant)."""
+    return {f"{module}.{suffix}": shape for module, kernel in _conv_shapes().items()
+            for suffix, shape in _module_tensor_shapes(kernel).items()}
+
+
 def detect_variant(state_dict: Mapping[str, np.ndarray], path: str) -> str:
     """The variant a state dict's `fc.weight` row count names (1008: pytorch_fid, 1000: torchvision)."""
     fc = state_dict.get("fc.weight")
@@ -57,9 +71,8 @@ def inception_to_flax(state_dict: Mapping[str, np.ndarray], what: str = "state d
     """
     params: dict[tuple[str, ...], np.ndarray] = {}
     missing, misshaped = [], []
-    for module, (kh, kw, cin, cout) in _conv_shapes().items():
-        wanted = {"conv.weight": (cout, cin, kh, kw), "bn.weight": (cout,), "bn.bias": (cout,),
-                  "bn.running_mean": (cout,), "bn.running_var": (cout,)}
+    for module, kernel in _conv_shapes().items():
+        wanted = _module_tensor_shapes(kernel)
         arrays = {}
         for suffix, shape in wanted.items():
             key = f"{module}.{suffix}"

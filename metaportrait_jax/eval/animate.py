@@ -82,16 +82,19 @@ def generate(forward, variables, examples: Iterable[dict[str, np.ndarray]], batc
 
 
 def animate_frames(forward, variables, frames: FrameSource, source_record: int, driving_records,
-                   batch_size: int = 8) -> dict[str, np.ndarray]:
+                   batch_size: int = 8, motion: str = "absolute") -> dict[str, np.ndarray]:
     """Drives frame `source_record` with each of `driving_records`, all records of `frames`; `forward` comes from
-    `generator_forward` (one compiled shape: the last batch is padded).
+    `generator_forward` (one compiled shape: the last batch is padded). `motion`: "absolute" (the driving frames'
+    own landmarks, self-reconstruction) or "relative" (`ops.retarget`, another person driving).
 
     Returns uint8 `[T, H, W, 3]` arrays: `prediction`, `deformed` (the warped source) and `driving` (the ground
     truth when source and driving frames show the same person).
     """
     source = frames[int(source_record)]
     drivers = [frames[int(r)] for r in driving_records]
-    examples = (pair_example(source, d, source["identity"], frames.topology) for d in drivers)
+    targets = motion_targets(source["landmarks"], np.stack([d["landmarks"] for d in drivers]), motion)
+    examples = (pair_example(source, {"image": d["image"], "landmarks": t}, source["identity"], frames.topology)
+                for d, t in zip(drivers, targets))
     batches = list(generate(forward, variables, examples, batch_size, ("prediction", "deformed")))
     return {"prediction": np.concatenate([b["prediction"] for b in batches]),
             "deformed": np.concatenate([b["deformed"] for b in batches]),

@@ -53,11 +53,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from metaportrait_jax.data.official_layout import DataError
-from metaportrait_jax.data.pipeline import pair_example
-from metaportrait_jax.data.preprocess import FaceTools, MissingToolsError
+from metaportrait_jax.data.preprocess import TOPOLOGY, FaceTools, MissingToolsError
 from metaportrait_jax.data.sources import METADATA_FILE, FrameSource, OfficialLayoutFrames, TfdsFrames, fit_problems
 from metaportrait_jax.eval import metrics
-from metaportrait_jax.eval.animate import generate, generator_forward
+from metaportrait_jax.eval.animate import animate_frames, generator_forward
 from metaportrait_jax.ops.retarget import relative_landmarks
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.checkpoint import load_model
@@ -81,8 +80,9 @@ SELF_COMPARISONS = {(SELF, "ground_truth"): {"l1", "psnr", "ssim", "lpips", "aed
                     (CROSS, "source_copy"): {"csim", "aed"},
                     (CROSS, "driving_frame"): {"akd", "mkr", "fid"}}
 PSNR_CAP_DB = 100.0
-NOTHING_MEASURED = "no frame could be measured (no face found in any reference frame, or too few frames)"
+NOTHING_MEASURED = "no frame to measure: none with a face in both the row and its reference (see MKR), or too few"
 FACE_TOOL_MIN_SIDE = 256
+SAMPLE_PERSONS, SAMPLE_FRAMES = 4, 3  # sample grids: rows (pairings) and (driving, prediction) pairs per row
 LEGEND = {
     "L1": "mean absolute error in [0, 1] units vs ground truth",
     "PSNR": "dB vs ground truth (per frame, capped at 100)",
@@ -213,12 +213,22 @@ class FaceMeasures:
             return image
         return cv2.resize(image, (FACE_TOOL_MIN_SIDE, FACE_TOOL_MIN_SIDE), interpolation=cv2.INTER_CUBIC)
 
-    def _fallback_box(self, side: int) -> np.ndarray:
+    @staticmethod
+    def _fallback_box(side: int) -> np.ndarray:
         """Where the HOG face box sits in a crop made by the official recipe (side 1.3·box, centre 0.2·box below
         the crop's): used when HOG misses the face."""
         box = side / 1.3
         left, top = (side - box) / 2, side / 2 + 0.2 * box - box / 2
         return np.asarray([left, top, left + box, top + box])
+
+    def _measure_one(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        large = self._enlarged(image)
+        landmarks = self._landmarks_of(large)
+        box = self.tools.detect(large, upsample=0)
+        identity = self.tools.identity(large, self._fallback_box(large.shape[0]) if box is None else box)
+        if landmarks is None:
+            landmarks = np.full((get_topology(TOPOLOGY).num_points, 2), np.nan, np.float32)
+        return landmarks, identity.reshape(-1), box is not None
 
     def measure(self, images: np.ndarray, keys: Sequence[Any] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,18 +238,12 @@ class FaceMeasures:
         results = []
         for index, image in enumerate(images):
             key = None if keys is None else keys[index]
-            if key is None or key not in self._cache:
-                large = self._enlarged(image)
-                landmarks = self._landmarks_of(large)
-                box = self.tools.detect(large, upsample=0)
-                identity = self.tools.identity(large, self._fallback_box(large.shape[0]) if box is None else box)
-                result = (np.full((478, 2), np.nan, np.float32) if landmarks is None else landmarks,
-                          identity.reshape(-1), box is not None)
-                if key is None:
-                    results.append(result)
-                    continue
-                self._cache[key] = result
-            results.append(self._cache[key])
+            result = None if key is None else self._cache.get(key)
+            if result is None:
+                result = self._measure_one(image)
+                if key is not None:
+                    self._cache[key] = result
+            results.append(result)
         return (np.stack([r[0] for r in results]), np.stack([r[1] for r in results]),
                 np.asarray([r[2] for r in results]))
 
@@ -269,9 +273,10 @@ class Evaluation:
         self.config, self.variables, _ = load_model(checkpoint_dir)
         self.model = self.config.model
         self.frames = open_eval_data(data_path, split, self.model)
-        self.topology = get_topology(self.model.topology)
         self.batch_size = batch_size or self.config.get("inference", {}).get("batch_size", 8)
         self.pairings, self.skipped = plan_pairings(self.frames, max_persons, max_frames)
+        if not self.pairings[SELF]:
+            raise DataError(f"{data_path}: holds no clip to evaluate")
         self.forward = generator_forward(self.model)  # compiled on first use, once for the run
         self.not_applicable: dict[str, str] = {}
         self.progress = progress
@@ -319,23 +324,17 @@ class Evaluation:
             self.not_applicable[name] = reason
         return None
 
-    def _animate(self, pairing: Pairing, relative: bool) -> dict[str, np.ndarray]:
-        """uint8 `[T, H, W, 3]` prediction, deformed, driving; plus the source image `[H, W, 3]`."""
-        source = self.frames[pairing.source_record]
-        drivers = [self.frames[r] for r in pairing.driving_records]
-        points = np.stack([d["landmarks"] for d in drivers])
-        if relative:
-            points = relative_landmarks(source["landmarks"], points, points[0])
-        examples = (pair_example(source, {"image": d["image"], "landmarks": p}, source["identity"], self.topology)
-                    for d, p in zip(drivers, points))
-        batches = list(generate(self.forward, self.variables, examples, self.batch_size, ("prediction", "deformed")))
-        return {"prediction": np.concatenate([b["prediction"] for b in batches]),
-                "deformed": np.concatenate([b["deformed"] for b in batches]),
-                "driving": np.stack([d["image"] for d in drivers]), "source": source["image"],
-                "flow": np.stack([d["flow"] for d in drivers]) if self.has_flow else None}
+    def _animate(self, pairing: Pairing, motion: str) -> dict[str, np.ndarray]:
+        """uint8 `[T, H, W, 3]` prediction, deformed, driving; the source image `[H, W, 3]`; flow `[T, H, W, 2]`."""
+        out = animate_frames(self.forward, self.variables, self.frames, pairing.source_record,
+                             pairing.driving_records, self.batch_size, motion)
+        out["source"] = self.frames[pairing.source_record]["image"]
+        out["flow"] = (np.stack([self.frames[r]["flow"] for r in pairing.driving_records]) if self.has_flow
+                       else None)
+        return out
 
     def _measure_pairing(self, protocol: str, pairing: Pairing, rows: dict[str, _RowValues]) -> dict[str, np.ndarray]:
-        out = self._animate(pairing, relative=protocol == CROSS)
+        out = self._animate(pairing, "relative" if protocol == CROSS else "absolute")
         count = len(out["driving"])
         reference_name = "ground_truth" if protocol == SELF else "driving_frame"
         images = {"model": out["prediction"], "warped_source": out["deformed"],
@@ -409,14 +408,16 @@ class Evaluation:
                     if protocol in self.skipped:
                         continue
                     rows = {row: _RowValues() for row in ROWS[protocol]}
-                    per_pairing[protocol], samples = [], []
+                    per_pairing[protocol], sample_rows = [], []
                     for pairing in self.pairings[protocol]:
                         before = {k: len(v) for k, v in rows["model"].values.items()}
-                        samples.append(self._measure_pairing(protocol, pairing, rows))
+                        out = self._measure_pairing(protocol, pairing, rows)
+                        if len(sample_rows) < SAMPLE_PERSONS:  # keep a few frames, not every pairing's video
+                            sample_rows.append(sample_row(out))
                         per_pairing[protocol].append(self._pairing_summary(pairing, rows["model"], before))
                         bar.update(len(pairing.driving_records))
                     collected[protocol] = rows
-                    grids[protocol] = sample_grid(samples)
+                    grids[protocol] = np.concatenate(sample_rows, axis=0)
         finally:
             if self.faces is not None:
                 self.faces.close()
@@ -446,8 +447,7 @@ class Evaluation:
                 own = np.concatenate(values.features)
                 real = np.concatenate(self.real_features)
                 if len(own) >= 2 and len(real) >= 2:
-                    summary["fid"] = metrics.frechet_distance(*metrics.feature_statistics(own),
-                                                              *metrics.feature_statistics(real))
+                    summary["fid"] = metrics.frechet_distance_of_features(own, real)
                     summary["fid_samples"] = [len(own), len(real)]
             if values.dlib_found:
                 summary["dlib_face_found"] = float(np.mean(values.dlib_found))
@@ -459,15 +459,12 @@ class Evaluation:
                            "the person's second clip (first when there is one)"}
 
 
-def sample_grid(outputs: list[dict[str, np.ndarray]], persons: int = 4, frames: int = 3) -> np.ndarray:
-    """`[persons·H, (1 + 2·frames)·W, 3]` uint8: per row the source, then (driving, prediction) at evenly spaced
-    frames."""
-    rows = []
-    for out in outputs[:persons]:
-        picks = np.linspace(0, len(out["prediction"]) - 1, frames).round().astype(int)
-        rows.append(np.concatenate([out["source"], *[x for t in picks
-                                                     for x in (out["driving"][t], out["prediction"][t])]], axis=1))
-    return np.concatenate(rows, axis=0)
+def sample_row(out: dict[str, np.ndarray], frames: int = SAMPLE_FRAMES) -> np.ndarray:
+    """`[H, (1 + 2·frames)·W, 3]` uint8 row of a sample grid: the source, then (driving, prediction) at evenly spaced
+    frames of one pairing."""
+    picks = np.linspace(0, len(out["prediction"]) - 1, frames).round().astype(int)
+    return np.concatenate([out["source"], *[x for t in picks for x in (out["driving"][t], out["prediction"][t])]],
+                          axis=1)
 
 
 def _format(value: float, key: str) -> str:

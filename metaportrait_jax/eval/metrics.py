@@ -104,6 +104,27 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
+def frechet_distance_of_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """`frechet_distance` of the Gaussians fitted to `[Na, D]` and `[Nb, D]` feature sets (N >= 2 each).
+
+    With centred, 1/√(N−1)-scaled feature matrices A, B (so Σa = AᵀA, Σb = BᵀB), tr((Σa Σb)^½) is the nuclear norm
+    of the small `[Na, Nb]` matrix A·Bᵀ (the non-zero eigenvalues of Σa Σb are those of (ABᵀ)(ABᵀ)ᵀ), and tr Σ = |A|²:
+    exact, and seconds faster than `D`² eigenproblems when the sets are smaller than the feature size.
+    """
+    scaled = []
+    for features in (features_a, features_b):
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(f"Fréchet distance needs at least two [D] feature vectors per set, got {features.shape}")
+        scaled.append((features - features.mean(axis=0)) / np.sqrt(features.shape[0] - 1))
+    a, b = scaled
+    if min(len(a), len(b)) > a.shape[1]:
+        return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
+    difference = np.mean(features_a, axis=0, dtype=np.float64) - np.mean(features_b, axis=0, dtype=np.float64)
+    trace_root = np.sum(np.linalg.svd(a @ b.T, compute_uv=False))
+    return float(difference @ difference + np.sum(a * a) + np.sum(b * b) - 2 * trace_root)
+
+
 def keypoint_distance(landmarks: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """AKD per frame: `[T, N, 2]` pair in [0, 1] -> `[T]` mean point distance in pixels of a 256² crop (NaN where
     either side has no landmarks, i.e. is NaN)."""
