@@ -139,8 +139,9 @@ def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_fr
     result = subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"),
                                  "--workdir", str(tmp_path / "bad"), "--config.data.source=tfds",
                                  f"--config.data.path={synthetic}", f"--config.init_from={pretrained}",
-                                 "--config.model.id_dim=32"), env=_env(), capture_output=True, text=True)
-    assert result.returncode == 2 and "model.id_dim: 64 vs 32" in result.stderr
+                                 f"--config.model.id_dim={ID_DIM}", "--config.model.spade.conv_dim=4"),
+                            env=_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "spade.conv_dim: 8 vs 4" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 
