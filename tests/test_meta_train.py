@@ -197,7 +197,10 @@ def test_adaptation_curves_protocol_and_report(synthetic, pretrained, tmp_path):
     curve = results["pretrained"]["mean"]
     assert [row["step"] for row in curve] == [0, 1, 3] and np.isnan(curve[0]["loss"])
     assert all(np.isfinite(row["lpips"]) and row["lpips"] > 0 and np.isfinite(row["psnr"]) for row in curve)
-    assert results["copy"]["mean"] == curve  # deterministic for its seed
+    def without_time(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    np.testing.assert_equal(without_time(results["copy"]["mean"]), without_time(curve))  # deterministic (NaN == NaN)
     assert curve[-1]["lpips"] != curve[0]["lpips"]  # the steps changed the model
     paths = write_report(results, "pretrained", str(tmp_path / "report"))
     assert all(os.path.getsize(p) > 0 for p in paths.values())
