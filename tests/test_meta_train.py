@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 from metaportrait_jax.config import load_config
-from metaportrait_jax.convert.vgg import perceptual_features
-from metaportrait_jax.data.datasets import build_synthetic
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.eval.adaptation import AdaptationCurves, steps_to_reach, write_report
@@ -30,17 +28,6 @@ ID_DIM = 64
 def _meta_config(*overrides: str):
     return load_config(os.path.join(REPO, "configs", "meta_train.py:tiny"),
                        [f"model.id_dim={ID_DIM}", "meta.support=2", "meta.query=2", *overrides])
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    return build_synthetic(str(tmp_path_factory.mktemp("meta")), "r64_tiny")
-
-
-@pytest.fixture(scope="module")
-def perceptual():
-    network, params = perceptual_features("lpips_vgg16")
-    return network, {"params": params}
 
 
 @pytest.fixture(scope="module")
