@@ -15,7 +15,6 @@ import pytest
 
 from metaportrait_jax.config import load_config
 from metaportrait_jax.convert.vgg import perceptual_features
-from metaportrait_jax.data.datasets import build_synthetic
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.train.checkpoint import load_model, save_model
@@ -30,12 +29,6 @@ ID_DIM = 64
 def _config(stage: str, *overrides: str):
     return load_config(os.path.join(REPO, "configs", f"pretrain_{stage}.py:tiny"),
                        [f"model.id_dim={ID_DIM}", *overrides])
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """A small synthetic data set (smooth images: pixel noise would make warping gradients needlessly erratic)."""
-    return build_synthetic(str(tmp_path_factory.mktemp("train")), "r64_tiny")
 
 
 @pytest.fixture(scope="module")
