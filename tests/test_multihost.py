@@ -2,7 +2,6 @@
 end where 1 process x 4 devices ends, a checkpoint written by 2 processes resumes in 1, and a killed process stops
 the job with an error within the heartbeat bound."""
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from multiprocess import CLI, REPO, failure_report, free_port, job_environment, latest_state, run_local
+from run_tools import logged_steps
 
 STEPS = 3
 HEARTBEAT_TIMEOUT = 15  # seconds; short so that the kill test is quick (the default is 60)
@@ -56,11 +56,6 @@ def _run(processes: int, devices: int, argv: list[str], log_dir: str, cache: str
     return result
 
 
-def _logged_steps(workdir: str) -> list[int]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line)["step"] for line in f if line.strip()]
-
-
 def _assert_same_state(state: dict, reference: dict) -> None:
     """Every array of the train state (parameters, optimiser moments, counters) to 1e-5 (relative above 1)."""
     flat, reference_flat = jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(reference)
@@ -78,7 +73,7 @@ def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(co
     step, reference = latest_state(one)
     assert step == STEPS and latest_state(two)[0] == STEPS
     _assert_same_state(latest_state(two)[1], reference)
-    assert _logged_steps(two) == list(range(1, STEPS + 1))  # process 0 alone writes metrics: each step once
+    assert logged_steps(two) == list(range(1, STEPS + 1))  # process 0 alone writes metrics: each step once
 
     # The 2-process checkpoint of step STEPS - 1 continues in 1 process (4 devices) to the uninterrupted result.
     shutil.copytree(os.path.join(two, "checkpoints", str(STEPS - 1)),
@@ -86,7 +81,7 @@ def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(co
     result = _run(1, 4, _argv(command, resumed, synthetic), str(tmp_path / "logs_resumed"), compilation_cache)
     assert f"resumed from {resumed}/checkpoints/{STEPS - 1}" in result.stdout
     _assert_same_state(latest_state(resumed)[1], reference)
-    assert _logged_steps(resumed) == [STEPS]
+    assert logged_steps(resumed) == [STEPS]
 
 
 class _Pair:
@@ -154,5 +149,5 @@ def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(synthetic, tmp
         statuses = [process.wait(timeout=300) for process in pair.processes]
     assert statuses == [0, 0], [pair.output(i) for i in range(2)]
     saved = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
-    assert 1 < saved[-1] < 1000 and saved[-1] == _logged_steps(workdir)[-1]
+    assert 1 < saved[-1] < 1000 and saved[-1] == logged_steps(workdir)[-1]
     assert "rerun the same command to resume" in pair.output(0)
