@@ -20,7 +20,9 @@ package plus a service account allowed to read pods and jobs, where the JobSet's
 A dead process ends the others: the coordination service declares a process dead when its heartbeats stop for
 `heartbeat_timeout_seconds`, and every other process then aborts (SIGABRT, exit status 134); if the dead one is
 process 0 (which hosts the service), the others abort at once. So a killed process stops the whole job within about
-the heartbeat timeout (default `DEFAULT_HEARTBEAT_TIMEOUT`, set with `METAPORTRAIT_HEARTBEAT_TIMEOUT`).
+the heartbeat timeout (default `DEFAULT_HEARTBEAT_TIMEOUT`, set with `METAPORTRAIT_HEARTBEAT_TIMEOUT`). A process
+that fails with an exception leaves at once (`abandon_job`) rather than wait at exit for the others, which may be
+blocked in a collective that waits for it.
 """
 
 import dataclasses
