@@ -36,11 +36,11 @@ mkdir -p "${log_dir}"
 export METAPORTRAIT_COORDINATOR="127.0.0.1:${port}" METAPORTRAIT_NUM_PROCESSES="${num_processes}"
 export JAX_PLATFORMS=cpu
 export XLA_FLAGS="--xla_force_host_platform_device_count=${devices_per_process} ${XLA_FLAGS:-}"
-# Process 0 compiles each program and hands it to the others (JAX does this only with a compilation cache): the
-# processes share this machine's cores, and on CPU they must reach each new collective within 30 s of each other
-# (gloo's connection timeout), which a process compiling for longer than the others would miss.
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-${log_dir}/jax_cache}
-export JAX_SHARE_BINARY_BETWEEN_HOSTS=true
+if ((num_processes > 1)); then
+  # No persistent compilation cache: on CPU only process 0 would find its programs there and the others would
+  # compile them again, reaching the first collective later than gloo's 30 s window allows.
+  unset JAX_COMPILATION_CACHE_DIR
+fi
 
 pids=()
 declare -A process_of_pid

@@ -63,7 +63,7 @@ fi
 printf -v command '%q ' "$@"
 status=0
 tpu ssh --worker=all --command "cd metaportrait && METAPORTRAIT_DISTRIBUTED=auto \
-  JAX_COMPILATION_CACHE_DIR=\$HOME/jax_cache .venv/bin/metaportrait-jax ${command} > \$HOME/run.log 2>&1" || status=$?
+  .venv/bin/metaportrait-jax ${command} > \$HOME/run.log 2>&1" || status=$?
 
 mkdir -p "${log_dir}"
 workers=$(tpu describe --format='value(networkEndpoints.ipAddress)' | sed 's/[;,]/\n/g' | grep -c .)

@@ -1,11 +1,12 @@
 """Multi-process jobs on this machine (jax.distributed, gloo collectives, `launch/local.sh`): 2 processes x 2 devices
-end where 1 process x 4 devices ends, a checkpoint written by 2 processes resumes in 1, and a killed process stops
-the job with an error within the heartbeat bound."""
+end where 1 process x 4 devices ends, a checkpoint written by 2 processes resumes in 1, a killed process stops the
+job with an error within the heartbeat bound, and a signal to one process stops all at the same step."""
 
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -16,7 +17,7 @@ from multiprocess import CLI, REPO, failure_report, free_port, job_environment, 
 from run_tools import logged_steps
 
 STEPS = 3
-HEARTBEAT_TIMEOUT = 15  # seconds; short so that the kill test is quick (the default is 60)
+HEARTBEAT_TIMEOUT = 10  # seconds; short so that the kill tests are quick (the default is 60)
 
 
 def _config(name: str) -> str:
@@ -29,20 +30,21 @@ TINY = ["--workdir", "{workdir}", "--no-progress", "--config.data.source=tfds", 
         "--config.train.checkpoint_every=1", "--config.train.log_every=1", "--config.train.image_every=0",
         "--config.data.pair_source=random"]
 
-# Every subcommand that runs as a multi-process job: it must run STEPS steps and keep Orbax checkpoints in
-# {workdir}/checkpoints/<step>/state (step STEPS - 1 included) and metrics.jsonl as `train` does. Meta-training is one
-# more line:  "meta-train": ["meta-train", "--config", _config("meta_train.py:tiny"), *TINY],
+# Every subcommand that runs as a multi-process job, one line each: it must run STEPS steps and keep Orbax
+# checkpoints in {workdir}/checkpoints/<step>/state (step STEPS - 1 included) and metrics.jsonl as `train` does.
+# The full stage and meta-training compile minutes longer than the warp stage: they run with the slow tests.
 COMMANDS = {
     "pretrain-warp": ["train", "--config", _config("pretrain_warp.py:tiny"), *TINY],
-    # the full stage compiles the discriminator and GAN losses too: minutes more, so with the slow tests
     "pretrain-full": pytest.param(["train", "--config", _config("pretrain_full.py:tiny"), *TINY],
                                   marks=pytest.mark.slow),
+    "meta-train": pytest.param(["meta-train", "--config", _config("meta_train.py:tiny"), *TINY,
+                                "--config.meta.support=2", "--config.meta.query=2"], marks=pytest.mark.slow),
 }
 
 
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory) -> str:
-    """Shared by the runs of this module: a rerun on the same topology (resume, kill test) skips compilation."""
+    """Shared by the single-process runs of this module: the resumed run reuses the reference run's programs."""
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
@@ -51,7 +53,10 @@ def _argv(command: list[str], workdir: str, data: str) -> list[str]:
 
 
 def _run(processes: int, devices: int, argv: list[str], log_dir: str, cache: str) -> subprocess.CompletedProcess:
-    result = run_local(processes, devices, argv, log_dir, JAX_COMPILATION_CACHE_DIR=cache)
+    """`local.sh processes` with `devices` each; a single process uses the compilation cache (local.sh keeps
+    several processes away from it, see launch/README.md)."""
+    result = run_local(processes, devices, argv, log_dir, **({"JAX_COMPILATION_CACHE_DIR": cache}
+                                                              if processes == 1 else {}))
     assert result.returncode == 0, failure_report(result, log_dir)
     return result
 
@@ -84,32 +89,31 @@ def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(co
     assert logged_steps(resumed) == [STEPS]
 
 
-class _Pair:
-    """Two processes of one job started directly (local.sh would kill the survivor itself), logging to files."""
+class _Job:
+    """Processes of one job started directly (local.sh would kill the survivors itself), each logging to a file."""
 
-    def __init__(self, argv: list[str], tmp_path, cache: str):
+    def __init__(self, command: list[str], tmp_path, processes: int = 2, devices: int = 2):
         port = free_port()
         self.processes, self.logs = [], []
-        for process in range(2):
-            env = job_environment(METAPORTRAIT_COORDINATOR=f"127.0.0.1:{port}", METAPORTRAIT_NUM_PROCESSES="2",
-                                  METAPORTRAIT_PROCESS_ID=str(process), JAX_PLATFORMS="cpu",
-                                  XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                                  METAPORTRAIT_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT),
-                                  JAX_COMPILATION_CACHE_DIR=cache, JAX_SHARE_BINARY_BETWEEN_HOSTS="true")
+        for process in range(processes):
+            env = job_environment(METAPORTRAIT_COORDINATOR=f"127.0.0.1:{port}",
+                                  METAPORTRAIT_NUM_PROCESSES=str(processes), METAPORTRAIT_PROCESS_ID=str(process),
+                                  JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                                  METAPORTRAIT_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
             self.logs.append(str(tmp_path / f"process_{process}.log"))
             with open(self.logs[-1], "w") as log:
-                self.processes.append(subprocess.Popen([*CLI.split(), *argv], env=env, stdout=log,
-                                                       stderr=subprocess.STDOUT, cwd=REPO))
+                self.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                       cwd=REPO))
 
     def output(self, process: int) -> str:
         with open(self.logs[process]) as f:
-            return f.read()[-3000:]
+            return f.read()
 
-    def wait_for(self, path: str, timeout: float = 600) -> None:
+    def wait_until(self, done, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
-        while not os.path.isdir(path):
+        while not done():
             assert time.monotonic() < deadline and all(p.poll() is None for p in self.processes), [
-                self.output(i) for i in range(2)]
+                self.output(i)[-3000:] for i in range(len(self.processes))]
             time.sleep(0.2)
 
     def __enter__(self):
@@ -122,32 +126,59 @@ class _Pair:
                 process.wait()
 
 
-@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.slow)])
-def test_a_killed_process_stops_the_job_with_an_error(victim, synthetic, tmp_path, compilation_cache):
-    """kill -9 of one process mid-run: the other exits with an error, after about the heartbeat timeout (or at once
-    when the victim is process 0, which hosts the coordination service)."""
-    workdir = str(tmp_path / "run")
-    argv = _argv(COMMANDS["pretrain-warp"], workdir, synthetic) + ["--config.train.steps=1000"]
-    with _Pair(argv, tmp_path, compilation_cache) as pair:
-        pair.wait_for(os.path.join(workdir, "checkpoints", "1"))  # mid-run: step 1 done and saved
-        pair.processes[victim].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        status = pair.processes[1 - victim].wait(timeout=HEARTBEAT_TIMEOUT + 120)
-        elapsed = time.monotonic() - killed
-    output = pair.output(1 - victim)
+WORKER = [sys.executable, os.path.join(REPO, "tests", "collective_worker.py")]
+
+
+def _assert_killing_ends_the_survivor(job: _Job, victim: int) -> None:
+    """kill -9 `victim`: the other process exits with an error, after about the heartbeat timeout (at once if the
+    victim is process 0, which hosts the coordination service)."""
+    job.processes[victim].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    status = job.processes[1 - victim].wait(timeout=HEARTBEAT_TIMEOUT + 120)
+    elapsed = time.monotonic() - killed
+    output = job.output(1 - victim)[-3000:]
     assert status != 0, output
     assert "JAX distributed service detected fatal errors" in output, output
-    assert elapsed < (HEARTBEAT_TIMEOUT + 30 if victim else 30), elapsed
+    assert elapsed < (HEARTBEAT_TIMEOUT + 20 if victim else 20), elapsed
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(synthetic, tmp_path, compilation_cache):
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_process_ends_the_other_blocked_in_a_collective(victim, tmp_path):
+    with _Job(WORKER, tmp_path) as job:
+        job.wait_until(lambda: all("step 3:" in job.output(i) for i in range(2)))
+        _assert_killing_ends_the_survivor(job, victim)
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    with _Job(WORKER, tmp_path) as job:
+        job.wait_until(lambda: all("step 3:" in job.output(i) for i in range(2)))
+        job.processes[1].send_signal(signal.SIGTERM)
+        statuses = [process.wait(timeout=120) for process in job.processes]
+    stops = [[line for line in job.output(i).splitlines() if line.startswith("stopped at")] for i in range(2)]
+    assert statuses == [0, 0] and len(stops[0]) == 1 and stops[0] == stops[1], stops
+
+
+def _training(workdir: str, synthetic: str) -> list[str]:
+    return [*CLI.split(), *_argv(COMMANDS["pretrain-warp"], workdir, synthetic), "--config.train.steps=1000"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_training_process_stops_the_job_with_an_error(victim, synthetic, tmp_path):
     workdir = str(tmp_path / "run")
-    argv = _argv(COMMANDS["pretrain-warp"], workdir, synthetic) + ["--config.train.steps=1000"]
-    with _Pair(argv, tmp_path, compilation_cache) as pair:
-        pair.wait_for(os.path.join(workdir, "checkpoints", "1"))
-        pair.processes[1].send_signal(signal.SIGTERM)
-        statuses = [process.wait(timeout=300) for process in pair.processes]
-    assert statuses == [0, 0], [pair.output(i) for i in range(2)]
+    with _Job(_training(workdir, synthetic), tmp_path) as job:
+        job.wait_until(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "1")))  # mid-run
+        _assert_killing_ends_the_survivor(job, victim)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_training_process_saves_both_at_the_same_step(synthetic, tmp_path):
+    workdir = str(tmp_path / "run")
+    with _Job(_training(workdir, synthetic), tmp_path) as job:
+        job.wait_until(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "1")))
+        job.processes[1].send_signal(signal.SIGTERM)
+        statuses = [process.wait(timeout=300) for process in job.processes]
+    assert statuses == [0, 0], [job.output(i)[-3000:] for i in range(2)]
     saved = sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
     assert 1 < saved[-1] < 1000 and saved[-1] == logged_steps(workdir)[-1]
-    assert "rerun the same command to resume" in pair.output(0)
+    assert "rerun the same command to resume" in job.output(0)

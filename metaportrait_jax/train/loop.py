@@ -174,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         for step in range(start + 1, train.steps + 1):
             batch = global_batch(next(batches), mesh)
             state, metrics = step_fn(state, batch)
-            preempted, out_of_time = _any_process(preemption.requested,
+            preempted, out_of_time = any_process(preemption.requested,
                                                   0 < train.max_seconds <= time.perf_counter() - began)
             if step % train.checkpoint_every == 0 or step == train.steps or preempted or out_of_time:
                 save(step, force=True)
@@ -202,7 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     return state, not preempted
 
 
-def _any_process(*flags: bool) -> tuple[bool, ...]:
+def any_process(*flags: bool) -> tuple[bool, ...]:
     """Each flag OR-ed over all processes. A decision to stop (a signal, a local clock) must be taken by every
     process at the same step: signals reach processes at different steps or only some of them, and clocks differ."""
     if jax.process_count() == 1:
