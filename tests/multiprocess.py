@@ -29,7 +29,7 @@ def job_environment(**variables: str) -> dict[str, str]:
     return {**env, **variables}
 
 
-def run_local(num_processes: int, devices_per_process: int, argv: list[str], log_dir: str, timeout: float = 900,
+def run_local(num_processes: int, devices_per_process: int, argv: list[str], log_dir: str, timeout: float = 1800,
               **variables: str) -> subprocess.CompletedProcess:
     """`launch/local.sh num_processes` running `metaportrait-jax argv` on `devices_per_process` fake CPU devices
     each; process 0's output is in the result, the others' in `log_dir`."""
