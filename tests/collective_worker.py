@@ -3,15 +3,17 @@
 process is signalled (SIGTERM), when every process prints `stopped at N` and exits."""
 
 import time
+import traceback
 
 import jax
 import numpy as np
 
-from metaportrait_jax.train.distributed import initialize_processes
+from metaportrait_jax.train.distributed import abandon_job, initialize_processes
 from metaportrait_jax.train.loop import Preemption, any_process, host_value
 from metaportrait_jax.train.sharding import global_batch, make_mesh, replicated
 
-if __name__ == "__main__":
+
+def main() -> None:
     initialize_processes()
     mesh = make_mesh()
     total = jax.jit(lambda x: x.sum(), out_shardings=replicated(mesh))
@@ -24,3 +26,11 @@ if __name__ == "__main__":
                 print(f"stopped at {step}", flush=True)
                 break
             time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:  # as the CLI does: leave at once instead of waiting at exit for the other process
+        traceback.print_exc()
+        abandon_job(1)

@@ -146,8 +146,8 @@ def _assert_killing_ends_the_survivor(job: _Job, victim: int) -> None:
     status = job.processes[1 - victim].wait(timeout=HEARTBEAT_TIMEOUT + 120)
     elapsed = time.monotonic() - killed
     output = job.output(1 - victim)[-3000:]
+    # the coordination service's abort, or first a collective's error (peer gone), which the process exits on
     assert status != 0, output
-    assert "JAX distributed service detected fatal errors" in output, output
     assert elapsed < (HEARTBEAT_TIMEOUT + 20 if victim else 20), elapsed
 
 
