@@ -7,6 +7,7 @@ Config fields are overridden with `--config.a.b=value` after any subcommand that
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -250,10 +251,11 @@ def train_from_config(config, workdir: str, progress: bool = True, frames=None, 
     `<workdir>/export`.
     """
     import jax
+    from jax.experimental import multihost_utils
 
     from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
-    from metaportrait_jax.train.checkpoint import check_same_model, load_sn_free_generator, save_model
+    from metaportrait_jax.train.checkpoint import CONFIG_FILE, check_same_model, load_sn_free_generator, save_model
     from metaportrait_jax.train.loop import run
     from metaportrait_jax.train.meta_step import MetaTrainer
     from metaportrait_jax.train.step import Trainer
@@ -285,9 +287,13 @@ def train_from_config(config, workdir: str, progress: bool = True, frames=None, 
     if not done:
         return None
     export = export or os.path.join(workdir, "export")
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(export, "config.json")):
-        discriminator = None if meta or start_generator is not None else jax.device_get(state.discriminator)
-        save_model(export, config, jax.device_get(state.generator), discriminator)
+    # config.json is written last, after the collective save every process takes part in: no process can see it
+    # before all have decided to save
+    if not os.path.exists(os.path.join(export, CONFIG_FILE)):
+        discriminator = None if meta or start_generator is not None else state.discriminator
+        save_model(export, config, state.generator, discriminator)
+    if jax.process_count() > 1:  # no process may go on (e.g. to a stage that reads the export) before it is complete
+        multihost_utils.sync_global_devices("export written")
     return export
 
 
@@ -304,10 +310,19 @@ def load_identity_encoder(spec: str):
         raise _UsageError(f"train.identity_encoder {spec!r}: {e}") from None
 
 
-def cmd_train(args, overrides):
-    from metaportrait_jax.train.sharding import initialize_processes
+def join_processes(args) -> None:
+    """Joins the multi-process job that `add_process_flags`' flags or the environment describe (a no-op for one
+    process); call it first in every subcommand that can run on several processes."""
+    from metaportrait_jax.train.distributed import initialize_processes
 
-    initialize_processes()
+    try:
+        initialize_processes(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:  # a bad flag or variable
+        raise _UsageError(str(e)) from None
+
+
+def cmd_train(args, overrides):
+    join_processes(args)
     config = _load_config(args.config, overrides)
     is_meta = "meta" in config
     if is_meta != (args.command == "meta-train"):
@@ -453,6 +468,14 @@ def _index_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_process_flags(parser: argparse.ArgumentParser) -> None:
+    """--coordinator, --num-processes, --process-id: one process of a multi-process job (see launch/README.md)."""
+    group = parser.add_argument_group("multi-process jobs (else METAPORTRAIT_* variables, SLURM or a JobSet)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordination service")
+    group.add_argument("--num-processes", type=_positive_int, metavar="N", help="processes in the job")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 .. N-1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaportrait-jax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -526,12 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="e.g. configs/pretrain_warp.py:tiny")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    add_process_flags(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("meta-train", help="meta-train (Reptile, FOMAML or MAML) from a pretrained model")
     p.add_argument("--config", required=True, help="e.g. configs/meta_train.py:tiny")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    add_process_flags(p)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("personalize", help="fine-tune a model on one person (resumes from --output)")
@@ -584,8 +609,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as e:
         message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"metaportrait-jax: error: {message or type(e).__name__}", file=sys.stderr)
+        _leave_failed_job(2)
         return 2
+    except Exception:
+        if _in_multiprocess_job():
+            traceback.print_exc()
+            _leave_failed_job(1)
+        raise
     return 0
+
+
+def _in_multiprocess_job() -> bool:
+    if "jax" not in sys.modules:  # nothing joined a job yet
+        return False
+    from metaportrait_jax.train.distributed import in_multiprocess_job
+
+    return in_multiprocess_job()
+
+
+def _leave_failed_job(status: int) -> None:
+    """In a multi-process job, exits now rather than wait at exit for processes that may be waiting for this one."""
+    if _in_multiprocess_job():
+        from metaportrait_jax.train.distributed import abandon_job
+
+        abandon_job(status)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Test-wide settings: 8 fake CPU devices (for sharding tests) and float32-exact matmuls."""
+"""Test-wide settings: 8 fake CPU devices (for sharding tests) and float32-exact matmuls; shared fixtures."""
 
 import os
 
@@ -6,18 +6,18 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-import pytest  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """A small synthetic data set (smooth images: pixel noise would make warping gradients needlessly erratic)."""
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> str:
+    """The r64_tiny synthetic data set for training tests (smooth images: pixel noise would make warping gradients
+    needlessly erratic)."""
     from metaportrait_jax.data.datasets import build_synthetic
 
-    return build_synthetic(str(tmp_path_factory.mktemp("synthetic")), "r64_tiny")
+    return build_synthetic(str(tmp_path_factory.mktemp("synthetic_r64_tiny")), "r64_tiny")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from metaportrait_jax.data.pipeline import PipelineSpec, epoch_size, make_datase
 from metaportrait_jax.data.sources import METADATA_FILE, ClipTable, OfficialLayoutFrames, TfdsFrames
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.sharding import global_batch, make_mesh
+from multiprocess import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,13 +212,14 @@ def test_data_errors_name_the_problem(tmp_path, frames):
 
 
 def test_two_jax_processes_build_one_global_batch(tmp_path):
-    """Two real processes (jax.distributed on CPU) each read their share; the global batch is the 1-process one."""
+    """Two real processes (jax.distributed on CPU) each read their share; the global batch is the 1-process one; a
+    mesh that would put a process's rows on the other process's devices is refused."""
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
         import jax, numpy as np
-        jax.distributed.initialize("127.0.0.1:{_free_port()}", num_processes=2, process_id=int(sys.argv[1]))
+        jax.distributed.initialize("127.0.0.1:{free_port()}", num_processes=2, process_id=int(sys.argv[1]))
         sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
         from jax.experimental import multihost_utils
         from test_pipeline import MemoryFrames
@@ -228,6 +230,10 @@ def test_two_jax_processes_build_one_global_batch(tmp_path):
         batch = global_batch({{"driving_record": local["driving_record"]}}, make_mesh())
         total = jax.jit(lambda b: b["driving_record"].sum())(batch)
         rows = multihost_utils.process_allgather(batch["driving_record"], tiled=True)
+        try:  # devices ordered against the processes: this process's devices hold the other process's rows
+            global_batch({{"driving_record": local["driving_record"]}}, make_mesh(devices=jax.devices()[::-1]))
+        except ValueError as e:
+            print("REFUSED", e, flush=True)
         print("RESULT", int(total), " ".join(map(str, rows.tolist())), flush=True)
     """))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -237,16 +243,10 @@ def test_two_jax_processes_build_one_global_batch(tmp_path):
     outputs = [p.communicate(timeout=120) for p in procs]
     results = [[line for line in out.splitlines() if line.startswith("RESULT")] for out, _ in outputs]
     assert all(results), [err[-2000:] for _, err in outputs]
+    assert all("order the mesh's devices by process" in out for out, _ in outputs)
     expected = _batches(MemoryFrames(), PipelineSpec("pairs", 8), 1)[0]["driving_record"]
     for (line,) in results:
         total, *rows = line.split()[1:]
         assert int(total) == int(expected.sum())
         np.testing.assert_array_equal(np.asarray(rows, int), expected)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -39,7 +39,8 @@ def save_model(directory: str, config: ml_collections.ConfigDict, generator_vari
                discriminator_variables: Mapping[str, Any] | None = None) -> None:
     """Writes the variables to `directory/model/` (Orbax; waits until written), the config to `directory/config.json`.
 
-    Refuses a directory that already holds a model checkpoint.
+    Refuses a directory that already holds a model checkpoint. In a multi-process job every process calls it with the
+    same (global or host) arrays: Orbax's save is collective and writes each array once; process 0 writes the config.
     """
     directory = os.path.abspath(directory)
     model_dir = os.path.join(directory, MODEL_SUBDIR)
@@ -54,7 +55,8 @@ def save_model(directory: str, config: ml_collections.ConfigDict, generator_vari
     checkpointer.wait_until_finished()
     checkpointer.close()
     # Written last: a directory with config.json holds a complete checkpoint.
-    save_config(config, os.path.join(directory, CONFIG_FILE))
+    if jax.process_index() == 0:
+        save_config(config, os.path.join(directory, CONFIG_FILE))
 
 
 def _not_a_checkpoint(directory: str, reason: str) -> CheckpointError:

@@ -20,8 +20,10 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from metaportrait_jax.config import save_config
+from metaportrait_jax.train.distributed import describe_topology
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, replicated, tree_sharding
 
 
@@ -127,6 +129,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     if jax.process_index() == 0:
         save_config(config, os.path.join(workdir, "config.json"))
     mesh = make_mesh(train.fsdp)
+    if jax.process_index() == 0:
+        print(describe_topology(mesh), flush=True)
     abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
     state_sharding = tree_sharding(abstract, mesh)
     step_fn = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
@@ -141,10 +145,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                     data=ocp.args.JsonRestore()))
         state, iterator_state = restored.state, restored.data
-        print(f"resumed from {workdir}/checkpoints/{latest}", flush=True)
+        if jax.process_index() == 0:
+            print(f"resumed from {workdir}/checkpoints/{latest}", flush=True)
     else:
         init = jax.jit(trainer.init_state, out_shardings=state_sharding)
-        state = jax.device_put(trainer.start(init(jax.random.key(config.seed), *init_args)), state_sharding)
+        # host copies: arrays committed to one device (loaded weights) cannot enter a program whose mesh spans
+        # several processes
+        state = jax.device_put(trainer.start(init(jax.random.key(config.seed), *jax.device_get(init_args))),
+                               state_sharding)
         iterator_state = None
     batches = make_batches(iterator_state)
     start = int(state.step)
@@ -160,13 +168,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    data=ocp.args.JsonSave(batches.get_state())), force=force)
 
+    preempted = False
     with Preemption() as preemption:
         tic = began = time.perf_counter()
         for step in range(start + 1, train.steps + 1):
             batch = global_batch(next(batches), mesh)
             state, metrics = step_fn(state, batch)
-            out_of_time = 0 < train.max_seconds and _all_agree(train.max_seconds <= time.perf_counter() - began)
-            if step % train.checkpoint_every == 0 or step == train.steps or preemption.requested or out_of_time:
+            preempted, out_of_time = any_process(preemption.requested,
+                                                  0 < train.max_seconds <= time.perf_counter() - began)
+            if step % train.checkpoint_every == 0 or step == train.steps or preempted or out_of_time:
                 save(step, force=True)
             if step % train.log_every == 0 or step == train.steps:
                 values = {k: float(host_value(v)) for k, v in metrics.items()}
@@ -182,23 +192,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
                 log.image(step, image_grid(shown, outputs))
             if bar is not None:
                 bar.update(1)
-            if preemption.requested or out_of_time:
+            if preempted or out_of_time:
                 break
     manager.wait_until_finished()
     manager.close()
     log.close()
     if bar is not None:
         bar.close()
-    return state, not preemption.requested
+    return state, not preempted
 
 
-def _all_agree(flag: bool) -> bool:
-    """Process 0's `flag` on every process: a stop decision from a local clock must be taken by all at once."""
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over all processes. A decision to stop (a signal, a local clock) must be taken by every
+    process at the same step: signals reach processes at different steps or only some of them, and clocks differ."""
     if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+        return flags
+    return tuple(bool(f) for f in np.any(multihost_utils.process_allgather(np.asarray(flags)), axis=0))
 
 
 def host_value(x: jax.Array) -> np.ndarray:

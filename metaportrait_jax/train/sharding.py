@@ -9,30 +9,18 @@ only the mesh shape changes. Rules:
   (others replicated); scalars and small arrays (< `min_shard_size` elements) are replicated.
 """
 
-import os
+import functools
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+# Joining a multi-process job lives in `distributed`; subcommands import it from here too.
+from metaportrait_jax.train.distributed import initialize_processes  # noqa: F401
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
-
-
-def initialize_processes() -> None:
-    """Joins a multi-process run when the environment asks for one; a no-op for a single process.
-
-    `METAPORTRAIT_COORDINATOR=host:port`, `METAPORTRAIT_NUM_PROCESSES` and `METAPORTRAIT_PROCESS_ID` name the run
-    explicitly (`launch/local.sh` sets them); `METAPORTRAIT_DISTRIBUTED=auto` lets JAX read SLURM, Cloud TPU or
-    Kubernetes settings itself.
-    """
-    if os.environ.get("METAPORTRAIT_DISTRIBUTED") == "auto":
-        jax.distributed.initialize()
-    elif "METAPORTRAIT_COORDINATOR" in os.environ:
-        jax.distributed.initialize(os.environ["METAPORTRAIT_COORDINATOR"],
-                                   num_processes=int(os.environ["METAPORTRAIT_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["METAPORTRAIT_PROCESS_ID"]))
 
 
 def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:
@@ -70,7 +58,29 @@ def tree_sharding(tree, mesh: Mesh):
     return jax.tree.map(lambda x: parameter_sharding(tuple(x.shape), mesh), tree)
 
 
+@functools.lru_cache(maxsize=16)
+def process_rows(mesh: Mesh, global_rows: int) -> range:
+    """The rows of a global batch of `global_rows` that this process's devices hold in `mesh`."""
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
+    held = sorted({row for (rows,) in index_map.values() for row in range(*rows.indices(global_rows))})
+    if held != list(range(held[0], held[-1] + 1)):
+        raise ValueError(f"process {jax.process_index()}'s devices hold rows {held} of the batch, not one block")
+    return range(held[0], held[-1] + 1)
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """This process's rows -> global `jax.Array`s split over the batch axes (process p's rows follow p − 1's)."""
+    """This process's rows -> global `jax.Array`s split over the batch axes.
+
+    Process p of P holds rows [p·b, (p+1)·b) (b = local rows), which is what the input pipeline gives it: so the global
+    batch does not depend on the process count. A mesh whose device order puts another block of rows on this
+    process's devices is refused rather than silently reordering the batch.
+    """
+    local_rows = len(jax.tree.leaves(local_batch)[0])
+    expected = range(jax.process_index() * local_rows, (jax.process_index() + 1) * local_rows)
+    held = process_rows(mesh, local_rows * jax.process_count())
+    if held != expected:
+        raise ValueError(f"process {jax.process_index()}'s devices hold batch rows [{held.start}, {held.stop}) of the "
+                         f"mesh, but its input pipeline reads rows [{expected.start}, {expected.stop}); order the "
+                         f"mesh's devices by process")
     sharding = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)

@@ -228,6 +228,8 @@ class Trainer:
         for collection in ("params", "spectral"):
             if collection in generator:
                 merged = dict(generator[collection])
-                merged.update({k: v for k, v in stored.get(collection, {}).items() if k in WARP_MODULES})
+                # host copies: the state goes onto a mesh that may span several processes
+                merged.update({k: jax.device_get(v) for k, v in stored.get(collection, {}).items()
+                               if k in WARP_MODULES})
                 generator[collection] = merged
         return state.replace(generator=generator)
