@@ -1,0 +1,184 @@
+"""Temporal SR: operators and the whole tiny network against a PyTorch rebuild, parameter counts of the official
+network, the official key manifest, converter round trips, clip-vs-frame behaviour at init, windowed inference."""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import traverse_util
+
+from metaportrait_jax.config import load_config
+from metaportrait_jax.convert.official_base import CheckpointMismatchError
+from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
+from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip
+from metaportrait_jax.models.config import temporal_sr_config
+from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_variables, temporal_depth
+from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model
+from official_torch_sr import ModulatedConv2d, OfficialTemporalSR
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANIFEST = os.path.join(REPO, "..", "shared", "reference", "official_temporal_sr_state_dict.tsv")
+TINY = temporal_sr_config("tiny")
+
+
+def _config(variant: str = "tiny"):
+    return load_config(os.path.join(REPO, "configs", f"temporal_sr.py:{variant}"))
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Every weight random at a sensible scale, the zero-initialised window outputs and noise weights included."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if name.endswith("bias"):
+                param.copy_(0.1 * noise + (1.0 if name.endswith("modulation.bias") else 0.0))
+            elif param.ndim == 1:  # noise strength (multiplies zero noise) or a bias-like vector
+                param.copy_(noise)
+            else:
+                fan_in = math.prod(param.shape[1:]) if param.ndim != 5 else math.prod(param.shape[2:])
+                param.copy_(noise / math.sqrt(fan_in))
+
+
+def _clip(frames: int, size: int, seed: int) -> np.ndarray:
+    """A smooth random clip `[1, T, size, size, 3]` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.random((frames, 3, size // 4, size // 4), dtype=np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear").numpy()
+    return np.ascontiguousarray(smooth.transpose(0, 2, 3, 1))[None]
+
+
+@pytest.mark.parametrize("demodulate,upsample,kernel", [(True, False, 3), (True, True, 3), (False, False, 1)])
+def test_modulated_conv_equals_torch_per_sample_kernels(demodulate, upsample, kernel):
+    torch.manual_seed(0)
+    reference = ModulatedConv2d(6, 5, kernel, 8, demodulate=demodulate, upsample=upsample)
+    x = torch.randn(3, 6, 9, 9)
+    style = torch.randn(3, 8)
+    expected = reference(x, style).detach().numpy().transpose(0, 2, 3, 1)
+    params = {"modulation": {"kernel": reference.modulation.weight.detach().numpy().T,
+                             "bias": reference.modulation.bias.detach().numpy()},
+              "kernel": reference.weight.detach().numpy()[0].transpose(2, 3, 1, 0)}
+    ours = ModulatedConv(5, kernel, demodulate=demodulate, upsample=upsample).apply(
+        {"params": params}, x.numpy().transpose(0, 2, 3, 1), style.numpy())
+    np.testing.assert_allclose(np.asarray(ours), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_official_network_size_and_key_manifest():
+    config = temporal_sr_config("official_512")
+    params = abstract_model_variables(_config("official_512"))["params"]
+    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
+    assert count(params) == 154_690_396
+    assert count(params) - count(params["stylegan_decoder"]) == 124_413_813
+    with open(MANIFEST) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip() and not line.startswith("#")]
+    manifest = {key: tuple(int(n) for n in shape.split("x")) for key, shape, _, _ in rows}
+    parameters = {key: manifest[key] for key, _, _, kind in rows if kind != "buffer"}
+    assert official_shapes(config) == parameters
+    with torch.device("meta"):  # names and shapes only: nothing is allocated
+        reference = OfficialTemporalSR(config.to_dict())
+    assert {k: tuple(v.shape) for k, v in reference.state_dict().items()} == manifest
+
+
+@pytest.fixture(scope="module")
+def torch_reference():
+    torch.manual_seed(0)
+    model = OfficialTemporalSR(TINY.to_dict())
+    _randomize(model, 1)
+    return model.eval()
+
+
+def test_tiny_network_and_converter_match_the_torch_rebuild(torch_reference, tmp_path):
+    state_dict = torch_reference.state_dict()
+    path = str(tmp_path / "temporal_gfpgan.pth")
+    torch.save({"params": state_dict}, path)
+    assert not convert_official_sr(path, str(tmp_path / "converted"), _config())
+    config, variables, _ = load_model(str(tmp_path / "converted"))
+    assert config.task == "temporal_sr"
+
+    clip = _clip(5, 32, 0)
+    with torch.no_grad():
+        expected = torch_reference(torch.from_numpy(clip.transpose(0, 1, 4, 2, 3))).numpy().transpose(0, 1, 3, 4, 2)
+    ours = np.asarray(jax.jit(TemporalSR(config.model).apply)(variables, clip))
+    assert ours.shape == (1, 5, 64, 64, 3)
+    np.testing.assert_allclose(ours, expected, atol=2e-4 * np.abs(expected).max())
+
+    back = flax_to_official(variables)
+    buffers = {k for k in state_dict if ".noises." in k}
+    assert set(back) == set(state_dict) - buffers
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, state_dict[key].numpy(), err_msg=key)
+
+
+def test_gfpgan_weights_start_with_fresh_zero_output_windows(torch_reference, tmp_path):
+    gfpgan = {k: v for k, v in torch_reference.state_dict().items()
+              if not k.startswith(("window_down.", "recurrent_forward."))}
+    path = str(tmp_path / "GFPGANv1.3.pth")
+    torch.save({"params_ema": gfpgan}, path)
+    assert convert_official_sr(path, str(tmp_path / "gfpgan"), _config())
+    _, variables, _ = load_model(str(tmp_path / "gfpgan"))
+    params = variables["params"]
+    for name, sub in params.items():
+        if name.startswith(("window_down", "recurrent_forward")):
+            assert not np.any(np.asarray(sub["conv2"]["kernel"])) and not np.any(np.asarray(sub["conv2"]["bias"]))
+            assert np.any(np.asarray(sub["conv1"]["kernel"]))
+    np.testing.assert_array_equal(np.asarray(params["final_linear"]["kernel"]),
+                                  gfpgan["final_linear.weight"].numpy().T)
+
+
+def test_converter_lists_every_mismatch(torch_reference, tmp_path):
+    state_dict = dict(torch_reference.state_dict())
+    state_dict["extra.weight"] = torch.zeros(3)
+    del state_dict["final_conv.bias"]
+    state_dict["window_down.0.conv2.weight"] = torch.zeros(1, 2, 3, 3)
+    path = str(tmp_path / "bad.pth")
+    torch.save({"params": state_dict}, path)
+    with pytest.raises(CheckpointMismatchError) as error:
+        convert_official_sr(path, str(tmp_path / "out"), _config())
+    message = str(error.value)
+    assert "unknown keys: extra.weight" in message and "missing keys: final_conv.bias" in message
+    assert "window_down.0.conv2.weight (1, 2, 3, 3)" in message
+    assert not (tmp_path / "out").exists()
+
+
+def _perturbed_windows(variables: dict, seed: int) -> dict:
+    """The windows' zero output convs made random, so frames really mix."""
+    flat = traverse_util.flatten_dict(jax.device_get(variables["params"]))
+    rng = np.random.default_rng(seed)
+    for path, value in flat.items():
+        if path[0].startswith(("window_down", "recurrent_forward")) and path[1] == "conv2":
+            flat[path] = (0.02 * rng.standard_normal(value.shape)).astype(np.float32)
+    return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def test_fresh_network_is_frame_by_frame_and_trained_windows_mix_frames():
+    variables = init_variables(TINY, jax.random.key(0))
+    network = jax.jit(TemporalSR(TINY).apply)
+    clip = _clip(4, 32, 1)
+    whole = np.asarray(network(variables, clip))
+    single = np.concatenate([np.asarray(network(variables, clip[:, t:t + 1])) for t in range(4)], axis=1)
+    np.testing.assert_allclose(whole, single, atol=1e-6)
+    mixed = _perturbed_windows(variables, 2)
+    assert np.abs(np.asarray(network(mixed, clip)) - whole).max() > 1e-3
+
+
+def test_windowed_inference_equals_the_whole_clip():
+    variables = _perturbed_windows(init_variables(TINY, jax.random.key(3)), 4)
+    frames = 2 * temporal_depth(TINY) + 7  # interior chunks see real context on both sides
+    clip = _clip(frames, 32, 5)
+    whole = np.asarray(jax.jit(TemporalSR(TINY).apply)(variables, clip))[0]
+    forward = chunk_forward(TINY)
+    for chunk in (3, 5):
+        streamed = np.stack(list(enhance_clip(forward, variables, TINY, iter(clip[0]), chunk)))
+        assert streamed.shape == whole.shape
+        np.testing.assert_allclose(streamed, whole, atol=2e-5)
+    # Independent chunks (the official inference) would differ at the borders.
+    official = np.concatenate([np.asarray(jax.jit(TemporalSR(TINY).apply)(variables, clip[:, s:s + 5]))[0]
+                               for s in range(0, frames, 5)])
+    assert np.abs(official - whole).max() > 1e-3
+    short = np.stack(list(enhance_clip(forward, variables, TINY, iter(clip[0, :2]), 5)))
+    np.testing.assert_allclose(short, np.asarray(jax.jit(TemporalSR(TINY).apply)(variables, clip[:, :2]))[0],
+                               atol=2e-5)
