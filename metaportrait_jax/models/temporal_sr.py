@@ -312,7 +312,7 @@ def dummy_clip(model_config: ml_collections.ConfigDict, batch: int = 1, frames: 
 
 def init_variables(model_config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
     """Fresh variables `{'params': ...}`: PyTorch default inits, zero window outputs, decoder as GFPGAN builds it."""
-    return TemporalSR(model_config).init(rng, dummy_clip(model_config))
+    return jax.jit(TemporalSR(model_config).init)(rng, dummy_clip(model_config))
 
 
 def decoder_labels(params: dict) -> dict:
