@@ -1,9 +1,11 @@
 """Temporal SR: operators and the whole tiny network against a PyTorch rebuild, parameter counts of the official
 network, the official key manifest, converter round trips, clip-vs-frame behaviour at init, windowed inference."""
 
+import json
 import math
 import os
 
+import imageio.v2 as imageio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +13,23 @@ import pytest
 import torch
 from flax import traverse_util
 
+from metaportrait_jax.cli import main
 from metaportrait_jax.config import load_config
+from metaportrait_jax.convert.vgg import perceptual_features
+from metaportrait_jax.data.datasets import build_synthetic
+from metaportrait_jax.data.official_layout import write_sample_layout
+from metaportrait_jax.data.pipeline import make_iterator
+from metaportrait_jax.data.sources import TfdsFrames
+from metaportrait_jax.data.sr_clips import sr_dataset
+from metaportrait_jax.eval.video import read_video_frames, write_mp4
+from metaportrait_jax.models.generator import Generator, dummy_batch
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
 from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip
 from metaportrait_jax.models.config import temporal_sr_config
 from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_variables, temporal_depth
-from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model
+from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model, save_model
+from metaportrait_jax.train.sr_step import SRTrainer
 from official_torch_sr import ModulatedConv2d, OfficialTemporalSR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,3 +193,103 @@ def test_windowed_inference_equals_the_whole_clip():
     # A video shorter than one chunk and its context.
     short = np.stack(list(enhance_clip(forward, variables, TINY, iter(clip[0, :2]), 4)))
     np.testing.assert_allclose(short, np.asarray(network(variables, clip[:, :2]))[0], atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def sr_data(tmp_path_factory):
+    return build_synthetic(str(tmp_path_factory.mktemp("sr_data")), "r32_sr_tiny")
+
+
+def _sr_config(sr_data: str, *overrides: str):
+    return load_config(os.path.join(REPO, "configs", "temporal_sr.py:tiny"),
+                       ["data.source='tfds'", f"data.path={sr_data!r}", *overrides])
+
+
+def test_synthetic_clips_pair_inputs_with_targets_rendered_at_twice_the_size(sr_data):
+    config = _sr_config(sr_data)
+    dataset, spec = sr_dataset(config, TfdsFrames(sr_data, "train"))
+    batch = next(make_iterator(dataset, spec))
+    assert batch["inputs"].shape == (8, 3, 32, 32, 3) and batch["targets"].shape == (8, 3, 64, 64, 3)
+    pooled = batch["targets"].reshape(8, 3, 32, 2, 32, 2, 3).mean(axis=(3, 5))
+    assert np.mean(np.abs(pooled - batch["inputs"])) < 0.03  # the same scene, finer grid
+    assert np.mean(np.abs(batch["inputs"][:, 1:] - batch["inputs"][:, :-1])) > 1e-3  # consecutive frames move
+
+
+def test_tiny_training_lowers_the_loss_and_keeps_the_decoder_frozen(sr_data):
+    config = _sr_config(sr_data, "train.steps=30", "train.learning_rate=2e-3")
+    network, params = perceptual_features(config.train.perceptual, taps="pre_relu")
+    trainer = SRTrainer(config, network)
+    state = trainer.init_state(jax.random.key(0), {"params": params})
+    dataset, spec = sr_dataset(config, TfdsFrames(sr_data, "train"))
+    iterator = make_iterator(dataset, spec)
+    batches = [jax.tree.map(jnp.asarray, next(iterator)) for _ in range(2)]
+    step = jax.jit(trainer.step)
+    initial = jax.device_get(state.params)
+    losses = []
+    for index in range(30):
+        state, metrics = step(state, batches[index % 2])
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+    assert set(metrics) >= {"pixel", "perceptual", "style", "loss", "learning_rate"}
+    for before, after in zip(jax.tree.leaves(initial["stylegan_decoder"]),
+                             jax.tree.leaves(state.params["stylegan_decoder"])):
+        np.testing.assert_array_equal(before, np.asarray(after))
+    moved = np.asarray(state.params["window_down_0"]["conv2"]["kernel"])
+    assert np.any(moved) and not np.array_equal(np.asarray(state.ema["window_down_0"]["conv2"]["kernel"]), moved)
+
+
+def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    assert main(["train", "--config", os.path.join(REPO, "configs", "temporal_sr.py:tiny"), "--workdir", workdir,
+                 "--no-progress", "--config.data.source=tfds", f"--config.data.path={sr_data}",
+                 "--config.train.steps=2", "--config.train.log_every=1", "--config.train.image_every=2"]) == 0
+    assert os.path.isdir(os.path.join(workdir, "export")) and os.path.isdir(os.path.join(workdir, "export_ema"))
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2]
+
+    frames = TfdsFrames(sr_data, "test")
+    clip = np.stack([frames[i]["image"] for i in range(5)])
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(clip):
+        imageio.imwrite(str(folder / f"f{index:03d}.png"), frame)
+    write_mp4(str(tmp_path / "clip.mp4"), clip, 25)
+    for source, name in ((str(folder), "f002.png"), (str(tmp_path / "clip.mp4"), "00000002.png")):
+        out = tmp_path / ("out_" + os.path.basename(source))
+        assert main(["enhance", "--checkpoint", os.path.join(workdir, "export"), "--input", source,
+                     "--output", str(out), "--chunk", "2"]) == 0
+        assert imageio.imread(str(out / name)).shape == (64, 64, 3)
+        assert len(read_video_frames(str(out / "out_64.mp4"))) == 5
+
+    (tmp_path / "notes.txt").write_text("not a video")
+    capsys.readouterr()
+    for arguments, expected in ((["--input", str(tmp_path / "none")], "none: No such file"),
+                                (["--input", str(tmp_path / "notes.txt")], "not a video"),
+                                (["--input", str(tmp_path / "clip.mp4"), "--chunk", "0"], None)):
+        if expected is None:
+            with pytest.raises(SystemExit):
+                main(["enhance", "--checkpoint", workdir + "/export", "--output", str(tmp_path / "x"), *arguments])
+            continue
+        assert main(["enhance", "--checkpoint", workdir + "/export", "--output", str(tmp_path / "x"),
+                     *arguments]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("metaportrait-jax: error: ") and expected in err and "Traceback" not in err
+
+
+def test_animate_chains_sr_after_the_base_model(tmp_path, capsys):
+    base = load_config(os.path.join(REPO, "configs", "tiny.py"))
+    save_model(str(tmp_path / "base"), base, Generator(base.model).init(jax.random.key(0), dummy_batch(base.model)))
+    sr = _config()
+    sr.model.update(out_size=128, unet_channels=(8,) * 6)  # takes the tiny base model's 64² frames
+    save_model(str(tmp_path / "sr"), sr, init_variables(sr.model, jax.random.key(1)))
+    data = str(tmp_path / "data")
+    names = write_sample_layout(data)
+    out = tmp_path / "out"
+    assert main(["animate", "--checkpoint", str(tmp_path / "base"), "--official-data", data, "--output", str(out),
+                 "--sr", str(tmp_path / "sr")]) == 0
+    for name in names:
+        assert imageio.imread(str(out / "sr_128" / name)).shape == (128, 128, 3)
+    assert len(read_video_frames(str(out / "sr_128" / "out_128.mp4"))) == len(names)
+    assert main(["animate", "--checkpoint", str(tmp_path / "base"), "--official-data", data, "--output",
+                 str(tmp_path / "o2"), "--sr", str(tmp_path / "base")]) == 2
+    assert "a base-model checkpoint, not a temporal SR one" in capsys.readouterr().err

@@ -9,7 +9,7 @@ most. Memory holds one chunk and its context, whatever the video's length; one c
 """
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import imageio.v2 as imageio
 import jax
@@ -21,7 +21,8 @@ from tqdm import tqdm
 from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.eval.video import to_uint8, write_mp4
 from metaportrait_jax.models.temporal_sr import TemporalSR, temporal_depth
-from metaportrait_jax.train.checkpoint import TEMPORAL_SR, load_model
+from metaportrait_jax.config import config_from_json
+from metaportrait_jax.train.checkpoint import CONFIG_FILE, TEMPORAL_SR, CheckpointError, load_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -120,12 +121,23 @@ def _checked_sizes(frames: Iterator[np.ndarray], input_size: int, where: str) ->
         yield frame
 
 
-def load_sr_model(checkpoint_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, variables) of a temporal SR model checkpoint; refuses base-model checkpoints with a clear message."""
-    config, variables, _ = load_model(checkpoint_dir)
+def sr_checkpoint_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
+    """The config of a temporal SR model checkpoint, read without its weights; refuses other checkpoints."""
+    path = os.path.join(checkpoint_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{os.path.abspath(checkpoint_dir)}: not a metaportrait-jax model checkpoint (no "
+                              f"{CONFIG_FILE})")
+    config = config_from_json(path)
     if config.get("task") != TEMPORAL_SR:
-        raise DataError(f"{checkpoint_dir}: a base-model checkpoint, not a temporal SR one (convert official-sr, or "
-                        f"train --config configs/temporal_sr.py)")
+        raise CheckpointError(f"{checkpoint_dir}: a base-model checkpoint, not a temporal SR one (convert "
+                              f"official-sr, or train --config configs/temporal_sr.py)")
+    return config
+
+
+def load_sr_model(checkpoint_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, variables) of a temporal SR model checkpoint."""
+    sr_checkpoint_config(checkpoint_dir)
+    config, variables, _ = load_model(checkpoint_dir)
     return config, variables
 
 
@@ -147,3 +159,24 @@ def enhance_folder(checkpoint_dir: str, input_path: str, output_dir: str, chunk:
     fps = config.get("inference", {}).get("fps", 25.0)
     write_mp4(video, (imageio.imread(os.path.join(output_dir, n)) for n in outputs), fps)
     return video
+
+
+def enhance_written_frames(checkpoint_dir: str, frames_dir: str) -> str:
+    """Chains SR after `animate`: super-resolves the PNG frames it wrote to `frames_dir` (name order, one video, as
+    the official SR step reads the base model's output folder) into `frames_dir/sr_<size>/`; returns the mp4."""
+    config = sr_checkpoint_config(checkpoint_dir)
+    return enhance_folder(checkpoint_dir, frames_dir, os.path.join(frames_dir, f"sr_{config.model.out_size}"))
+
+
+def sr_stream(checkpoint_dir: str, chunk: int | None = None) -> Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]:
+    """A temporal SR checkpoint as a stream transform: `[S, S, 3]` uint8 frames in, `[2S, 2S, 3]` uint8 frames out
+    (seamless, flat memory); `animate --source/--driving --sr` passes it as `animate_portrait(upsample=...)`."""
+    config, variables = load_sr_model(checkpoint_dir)
+    forward = chunk_forward(config.model)
+    chunk = chunk or config.get("inference", {}).get("chunk_frames", 16)
+
+    def upsample(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        checked = _checked_sizes(iter(frames), config.model.out_size // 2, "the base model's output")
+        return (to_uint8(frame) for frame in enhance_clip(forward, variables, config.model, checked, chunk))
+
+    return upsample

@@ -156,6 +156,7 @@ def temporal_sr_config(variant: str) -> ml_collections.ConfigDict:
         loss=dict(pixel=0.1, perceptual=1.0, style=50.0, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0),
                   range_norm=True),   # official quirk: the VGG sees (x + 1) / 2 of images already in [0, 1]
         fsdp=1,
+        max_seconds=0.0,              # > 0: stop (after saving) once this much wall time has passed
         log_every=10,
         image_every=100,
         checkpoint_every=500,
