@@ -280,7 +280,8 @@ def test_animate_chains_sr_after_the_base_model(tmp_path, capsys):
     base = load_config(os.path.join(REPO, "configs", "tiny.py"))
     save_model(str(tmp_path / "base"), base, Generator(base.model).init(jax.random.key(0), dummy_batch(base.model)))
     sr = _config()
-    sr.model.update(out_size=128, unet_channels=(8,) * 6)  # takes the tiny base model's 64² frames
+    sr.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)  # takes the tiny base model's 64² frames
+    sr.inference.chunk_frames = 2
     save_model(str(tmp_path / "sr"), sr, init_variables(sr.model, jax.random.key(1)))
     data = str(tmp_path / "data")
     names = write_sample_layout(data)

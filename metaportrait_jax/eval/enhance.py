@@ -8,6 +8,8 @@ frames that the chunk's outputs need (`TemporalSR(margin=...)`), so the extra co
 most. Memory holds one chunk and its context, whatever the video's length; one compiled shape serves every chunk.
 """
 
+import functools
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -28,12 +30,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
-def chunk_forward(model_config: ml_collections.ConfigDict):
-    """Jitted `(variables, frames [1, L, h, w, 3], lo, hi) -> [1, L − 2·depth, 2h, 2w, 3]`: the middle frames of a
-    stretch of video whose real frames are [lo, hi) (see `TemporalSR.__call__`). Build once, reuse."""
+@functools.lru_cache(maxsize=4)
+def _chunk_forward(model_json: str):
+    model_config = ml_collections.ConfigDict(json.loads(model_json))
     margin = temporal_depth(model_config)
     network = TemporalSR(model_config)
     return jax.jit(lambda variables, frames, lo, hi: network.apply(variables, frames, margin=margin, valid=(lo, hi)))
+
+
+def chunk_forward(model_config: ml_collections.ConfigDict):
+    """Jitted `(variables, frames [1, L, h, w, 3], lo, hi) -> [1, L − 2·depth, 2h, 2w, 3]`: the middle frames of a
+    stretch of video whose real frames are [lo, hi) (see `TemporalSR.__call__`). One per architecture, so every
+    video of a process reuses the compiled program."""
+    return _chunk_forward(json.dumps(model_config.to_dict(), sort_keys=True))
 
 
 def enhance_clip(forward, variables, model_config: ml_collections.ConfigDict, frames: Iterable[np.ndarray],
@@ -144,8 +153,8 @@ def load_sr_model(checkpoint_dir: str) -> tuple[ml_collections.ConfigDict, dict]
 def enhance_folder(checkpoint_dir: str, input_path: str, output_dir: str, chunk: int | None = None) -> str:
     """Writes `OUT/<frame name>` (PNG, 2x the input size) for every input frame and `OUT/out_<size>.mp4`; returns the
     mp4's path. The input is a folder of frames (name order) or a video."""
-    config, variables = load_sr_model(checkpoint_dir)
     names, frames = video_frames(input_path)
+    config, variables = load_sr_model(checkpoint_dir)
     frames = _checked_sizes(frames, config.model.out_size // 2, input_path)
     chunk = chunk or config.get("inference", {}).get("chunk_frames", 16)
     forward = chunk_forward(config.model)
