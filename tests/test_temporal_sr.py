@@ -216,7 +216,8 @@ def test_synthetic_clips_pair_inputs_with_targets_rendered_at_twice_the_size(sr_
 
 
 def test_tiny_training_lowers_the_loss_and_keeps_the_decoder_frozen(sr_data):
-    config = _sr_config(sr_data, "train.steps=30", "train.learning_rate=2e-3")
+    config = _sr_config(sr_data, "train.steps=20", "train.learning_rate=2e-3", "train.batch_size=2",
+                        "train.clip_length=2", "train.freeze_decoder=True")
     network, params = perceptual_features(config.train.perceptual, taps="pre_relu")
     trainer = SRTrainer(config, network)
     state = trainer.init_state(jax.random.key(0), {"params": params})
@@ -226,10 +227,10 @@ def test_tiny_training_lowers_the_loss_and_keeps_the_decoder_frozen(sr_data):
     step = jax.jit(trainer.step)
     initial = jax.device_get(state.params)
     losses = []
-    for index in range(30):
+    for index in range(20):
         state, metrics = step(state, batches[index % 2])
         losses.append(float(metrics["loss"]))
-    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+    assert np.mean(losses[-4:]) < 0.9 * np.mean(losses[:4]), losses
     assert set(metrics) >= {"pixel", "perceptual", "style", "loss", "learning_rate"}
     for before, after in zip(jax.tree.leaves(initial["stylegan_decoder"]),
                              jax.tree.leaves(state.params["stylegan_decoder"])):
@@ -242,7 +243,8 @@ def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert main(["train", "--config", os.path.join(REPO, "configs", "temporal_sr.py:tiny"), "--workdir", workdir,
                  "--no-progress", "--config.data.source=tfds", f"--config.data.path={sr_data}",
-                 "--config.train.steps=2", "--config.train.log_every=1", "--config.train.image_every=2"]) == 0
+                 "--config.train.steps=2", "--config.train.clip_length=2", "--config.train.log_every=1",
+                 "--config.train.image_every=2"]) == 0
     assert os.path.isdir(os.path.join(workdir, "export")) and os.path.isdir(os.path.join(workdir, "export_ema"))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2]

@@ -314,8 +314,3 @@ def init_variables(model_config: ml_collections.ConfigDict, rng: jax.Array) -> d
     """Fresh variables `{'params': ...}`: PyTorch default inits, zero window outputs, decoder as GFPGAN builds it."""
     return jax.jit(TemporalSR(model_config).init)(rng, dummy_clip(model_config))
 
-
-def decoder_labels(params: dict) -> dict:
-    """Label tree for optax: 'frozen' for the StyleGAN2 decoder, 'trained' for everything else."""
-    return {name: jax.tree.map(lambda _: "frozen" if name == "stylegan_decoder" else "trained", sub)
-            for name, sub in params.items()}

@@ -150,6 +150,7 @@ def temporal_sr_config(variant: str) -> ml_collections.ConfigDict:
         final_learning_rate=1e-7,     # cosine decay over `steps` down to this (official CosineAnnealingRestartLR)
         adam_betas=(0.9, 0.99),
         ema_decay=0.999,
+        freeze_decoder=True,          # official: the StyleGAN2 decoder keeps its (GFPGAN v1.3) weights
         flip_probability=0.5,         # horizontal flip of a whole training clip (input and target alike)
         compute_dtype="float32",
         perceptual="lpips_vgg16",     # offline default; "torchvision_vgg19:<vgg19-dcbb9e9d.pth>" is the official
@@ -171,6 +172,7 @@ def temporal_sr_config(variant: str) -> ml_collections.ConfigDict:
     config.init_from = ""             # a temporal SR model checkpoint to start from (e.g. converted GFPGAN v1.3)
     config.inference = ml_collections.ConfigDict(dict(chunk_frames=16, fps=25.0))
     if variant == "tiny":
+        # No pretrained GFPGAN exists at this size, and a frozen random decoder cannot learn: train it too.
         config.train.update(steps=200, batch_size=8, clip_length=3, learning_rate=1e-3, final_learning_rate=1e-5,
-                            ema_decay=0.99, checkpoint_every=50, image_every=50)
+                            ema_decay=0.99, checkpoint_every=50, image_every=50, freeze_decoder=False)
     return config

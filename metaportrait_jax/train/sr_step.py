@@ -4,7 +4,8 @@
   taps and weights), target features held constant; the VGG sees (x + 1)/2 of [0, 1] images (`loss.range_norm`,
   the official quirk); no GAN, identity or temporal loss;
 - Adam(0.9, 0.99), lr 1e-4 with cosine decay to 1e-7 over `train.steps`; the StyleGAN2 decoder is frozen by an optax
-  mask (and its weights get no gradient computed at all); EMA of the weights (decay 0.999);
+  mask (and its weights get no gradient computed at all) unless `train.freeze_decoder` is off (only sensible without
+  pretrained GFPGAN weights); EMA of the weights (decay 0.999);
 - augmentation: a whole clip is flipped horizontally with probability 0.5 (inputs and targets alike), drawn from the
   step number, so a resumed run repeats it;
 - a step whose loss is not finite changes nothing but the `skipped` counter (as the base trainer).
@@ -22,10 +23,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from metaportrait_jax.models.temporal_sr import TemporalSR, decoder_labels, dummy_clip
+from metaportrait_jax.models.temporal_sr import TemporalSR, dummy_clip
 from metaportrait_jax.train.checkpoint import TEMPORAL_SR, CheckpointError, load_model
 
 FROZEN = "frozen"
+DECODER = "stylegan_decoder"
 
 
 @flax.struct.dataclass
@@ -50,11 +52,17 @@ def learning_rate(train: ml_collections.ConfigDict) -> optax.Schedule:
                                        alpha=train.final_learning_rate / train.learning_rate)
 
 
+def parameter_labels(params: dict[str, Any], frozen: tuple[str, ...]) -> dict[str, Any]:
+    """Label tree for optax: 'frozen' for the top-level modules in `frozen`, 'trained' for everything else."""
+    return {name: jax.tree.map(lambda _: FROZEN if name in frozen else "trained", sub) for name, sub in params.items()}
+
+
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam on everything but the decoder, which the mask freezes."""
+    """Adam on everything but the decoder, which the mask freezes (unless `train.freeze_decoder` is off)."""
     b1, b2 = train.adam_betas
+    frozen = (DECODER,) if train.freeze_decoder else ()
     return optax.multi_transform({"trained": optax.adam(learning_rate(train), b1=b1, b2=b2),
-                                  FROZEN: optax.set_to_zero()}, decoder_labels)
+                                  FROZEN: optax.set_to_zero()}, lambda params: parameter_labels(params, frozen))
 
 
 class SRTrainer:
@@ -91,8 +99,8 @@ class SRTrainer:
     def losses(self, params: dict[str, Any], state: SRTrainState, batch: dict[str, jax.Array]
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
         w = self.train.loss
-        # The frozen decoder's weights are constants here, so no gradient is computed for them.
-        params = {k: jax.lax.stop_gradient(v) if k == "stylegan_decoder" else v for k, v in params.items()}
+        if self.train.freeze_decoder:  # its weights are constants here, so no gradient is computed for them
+            params = {k: jax.lax.stop_gradient(v) if k == DECODER else v for k, v in params.items()}
         prediction = self.forward(params, batch["inputs"])
         target = batch["targets"]
         images = prediction.reshape(-1, *prediction.shape[2:])
