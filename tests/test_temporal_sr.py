@@ -16,13 +16,13 @@ from flax import traverse_util
 from metaportrait_jax.cli import main
 from metaportrait_jax.config import load_config
 from metaportrait_jax.convert.vgg import perceptual_features
-from metaportrait_jax.data.datasets import build_synthetic
-from metaportrait_jax.data.official_layout import write_sample_layout
-from metaportrait_jax.data.pipeline import make_iterator
+from metaportrait_jax.data.datasets import SyntheticPlan, build_synthetic
+from metaportrait_jax.data.official_layout import DataError, write_sample_layout
+from metaportrait_jax.data.pipeline import make_iterator, pair_example
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.data.sr_clips import sr_dataset
 from metaportrait_jax.eval.video import read_video_frames, write_mp4
-from metaportrait_jax.models.generator import Generator, dummy_batch
+from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
 from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip
@@ -125,12 +125,18 @@ def test_tiny_network_and_converter_match_the_torch_rebuild(torch_reference, tmp
         np.testing.assert_array_equal(value, state_dict[key].numpy(), err_msg=key)
 
 
-def test_gfpgan_weights_start_with_fresh_zero_output_windows(torch_reference, tmp_path):
+def test_gfpgan_weights_start_with_fresh_zero_output_windows(torch_reference, tmp_path, capsys):
     gfpgan = {k: v for k, v in torch_reference.state_dict().items()
               if not k.startswith(("window_down.", "recurrent_forward."))}
     path = str(tmp_path / "GFPGANv1.3.pth")
     torch.save({"params_ema": gfpgan}, path)
-    assert convert_official_sr(path, str(tmp_path / "gfpgan"), _config())
+    tiny = os.path.join(REPO, "configs", "temporal_sr.py:tiny")
+    assert main(["convert", "official-sr", "--checkpoint", path, "--output", str(tmp_path / "gfpgan"),
+                 "--config", tiny]) == 0
+    assert "they start afresh" in capsys.readouterr().out
+    assert main(["convert", "official-sr", "--checkpoint", path, "--output", str(tmp_path / "x"), "--config", tiny,
+                 "--key", "params"]) == 2
+    assert "no state dict under 'params'" in capsys.readouterr().err
     _, variables, _ = load_model(str(tmp_path / "gfpgan"))
     params = variables["params"]
     for name, sub in params.items():
@@ -296,3 +302,29 @@ def test_animate_chains_sr_after_the_base_model(tmp_path, capsys):
     assert main(["animate", "--checkpoint", str(tmp_path / "base"), "--official-data", data, "--output",
                  str(tmp_path / "o2"), "--sr", str(tmp_path / "base")]) == 2
     assert "a base-model checkpoint, not a temporal SR one" in capsys.readouterr().err
+
+
+def test_base_model_outputs_can_be_the_training_inputs(tmp_path):
+    data = build_synthetic(str(tmp_path / "data"), SyntheticPlan(64, train_identities=1, test_identities=0,
+                                                                 frames_per_clip=3, target_scale=2))
+    base = load_config(os.path.join(REPO, "configs", "tiny.py"), ["model.topology='synthetic'", "model.id_dim=64"])
+    save_model(str(tmp_path / "base"), base, Generator(base.model).init(jax.random.key(0), dummy_batch(base.model)))
+    config = _sr_config(data, "data.input_source='base_model'", f"data.base_checkpoint={str(tmp_path / 'base')!r}",
+                        "train.batch_size=1")
+    config.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)
+    frames = TfdsFrames(data, "train")
+    dataset, spec = sr_dataset(config, frames)
+    batch = next(make_iterator(dataset, spec))
+    assert batch["inputs"].shape == (1, 3, 64, 64, 3) and batch["targets"].shape == (1, 3, 128, 128, 3)
+    variables = load_model(str(tmp_path / "base"))[1]
+    errors = []
+    for clip in range(2):  # the batch holds one of the two clips: its first frame as the base model renders it
+        source = frames[int(frames.clips.source[clip])]
+        example = pair_example(source, frames[int(frames.clips.start[clip])], source["identity"], frames.topology)
+        prediction = Generator(base.model).apply(variables, {k: example[k][None] for k in BATCH_KEYS})["prediction"]
+        quantised = np.floor(np.clip(np.asarray(prediction[0]), 0, 1) * 255) / 255  # truncated, as PNGs are
+        errors.append(np.abs(batch["inputs"][0, 0] - quantised).max())
+    assert min(errors) <= 1 / 255 + 1e-6, errors
+    config.data.base_checkpoint = ""
+    with pytest.raises(DataError, match="needs data.base_checkpoint"):
+        sr_dataset(config, frames)
