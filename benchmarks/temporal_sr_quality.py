@@ -1,4 +1,4 @@
-"""Temporal SR quality on the synthetic benchmark, with and without the module (PSNR, LPIPS-Alex, warping error).
+"""Temporal SR quality on the synthetic benchmark, with and without the module (PSNR, LPIPS, warping error).
 
   python benchmarks/temporal_sr_quality.py --checkpoint runs/sr_tiny/export --data data/tfds/.../r32_sr/1.0.0
 
@@ -24,7 +24,7 @@ def main() -> None:
     print(f"{'':<14}{'PSNR dB':>9}{'LPIPS':>8}{'warp err':>10}")
     for name, row in report.items():
         cells = [f"{row[k]:>{w}.4f}" if k in row else " " * w
-                 for k, w in (("psnr_db", 9), ("lpips_alex", 8), ("warping_error", 10))]
+                 for k, w in (("psnr_db", 9), ("lpips", 8), ("warping_error", 10))]
         print(f"{name:<14}{''.join(cells)}")
 
 

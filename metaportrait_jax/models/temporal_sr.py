@@ -1,4 +1,5 @@
-"""The temporal super-resolution network ("spatial-temporal enhancement module"): GFPGAN v1.3 (clean) made a video model.
+"""The temporal super-resolution network ("spatial-temporal enhancement module"): GFPGAN v1.3 (clean) as a video
+model.
 
 Clips `[B, T, h, w, 3]` in [0, 1] become `[B, T, 2h, 2w, 3]` (spec `temporal_sr_model.md` §3):
 
