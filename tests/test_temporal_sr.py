@@ -25,7 +25,7 @@ from metaportrait_jax.eval.video import read_video_frames, write_mp4
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
-from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip
+from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip, sr_stream
 from metaportrait_jax.models.config import temporal_sr_config
 from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_variables, temporal_depth
 from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model, save_model
@@ -268,6 +268,12 @@ def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
                      "--output", str(out), "--chunk", "2"]) == 0
         assert imageio.imread(str(out / name)).shape == (64, 64, 3)
         assert len(read_video_frames(str(out / "out_64.mp4"))) == 5
+
+    # The stream form `animate --source/--driving --sr` uses writes the same frames.
+    streamed = list(sr_stream(os.path.join(workdir, "export"), chunk=2)(iter(clip)))
+    np.testing.assert_array_equal(streamed[2], imageio.imread(str(tmp_path / "out_frames" / "f002.png")))
+    with pytest.raises(DataError, match="frame 0 is 64x64; the model takes 32x32"):
+        next(sr_stream(os.path.join(workdir, "export"))(iter([np.zeros((64, 64, 3), np.uint8)])))
 
     (tmp_path / "notes.txt").write_text("not a video")
     capsys.readouterr()
