@@ -532,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="official-sr: the state dict's entry (default: params, else params_ema)")
     p.set_defaults(run=cmd_convert)
 
+    p = sub.add_parser("enhance", help="temporal super-resolution of a clip (2x, seamless over long videos)")
+    p.add_argument("--checkpoint", required=True, help="a temporal SR model checkpoint")
+    p.add_argument("--input", required=True, help="a folder of frames (name order) or an mp4")
+    p.add_argument("--output", required=True, help="OUT/<frame name> and OUT/out_<size>.mp4 go here")
+    p.add_argument("--chunk", type=_positive_int, help="output frames per compiled step (default: the config's)")
+    p.set_defaults(run=cmd_enhance)
+
     p = sub.add_parser("animate", help="animate a portrait photo with a driving video, or official-layout data")
     p.add_argument("--checkpoint", required=True,
                    help="a model checkpoint (save_model directory: pretrained, converted or personalised)")
