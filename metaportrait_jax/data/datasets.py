@@ -34,9 +34,11 @@ class SyntheticPlan:
     frames_per_clip: int = 32
     id_dim: int = 64
     seed: int = 0
+    target_scale: int = 1  # > 1: every record also holds `image_hr`, the same frame rendered this much larger (SR)
 
     def __post_init__(self):
-        for field in ("image_size", "train_identities", "clips_per_identity", "frames_per_clip", "id_dim"):
+        for field in ("image_size", "train_identities", "clips_per_identity", "frames_per_clip", "id_dim",
+                      "target_scale"):
             if getattr(self, field) < 1:
                 raise DataError(f"synthetic data: {field} must be positive, got {getattr(self, field)}")
         if self.clips_per_identity < 2:
@@ -63,6 +65,11 @@ SYNTHETIC_CONFIGS = {
     "r64_large": SyntheticPlan(64, train_identities=256, test_identities=32, clips_per_identity=3, frames_per_clip=48),
     "r256_large": SyntheticPlan(256, train_identities=128, test_identities=16, clips_per_identity=3, frames_per_clip=48,
                                 id_dim=256),
+    # temporal SR: input frames with 2x targets (tiny SR network: 32 -> 64; official: 256 -> 512)
+    "r32_sr": SyntheticPlan(32, train_identities=32, test_identities=8, frames_per_clip=24, target_scale=2),
+    "r32_sr_tiny": SyntheticPlan(32, train_identities=3, test_identities=1, frames_per_clip=8, target_scale=2),
+    "r256_sr": SyntheticPlan(256, train_identities=16, test_identities=8, frames_per_clip=24, id_dim=256,
+                             target_scale=2),
 }
 
 
@@ -76,12 +83,18 @@ def _render_synthetic_clip(args: tuple[SyntheticPlan, str, int, int]) -> list[di
                                      plan.frames_per_clip)
     out = synthetic.render_clip(identity, motion, plan.image_size)
     vector = synthetic.identity_vector(identity, plan.id_dim)
-    return [{"image": out["image"][t], "landmarks": out["landmarks"][t].astype(np.float32),
-             "visibility": out["visibility"][t].astype(np.uint8), "flow": out["flow"][t].astype(np.float32),
-             "identity": vector} for t in range(plan.frames_per_clip)]
+    records = [{"image": out["image"][t], "landmarks": out["landmarks"][t].astype(np.float32),
+                "visibility": out["visibility"][t].astype(np.uint8), "flow": out["flow"][t].astype(np.float32),
+                "identity": vector} for t in range(plan.frames_per_clip)]
+    if plan.target_scale > 1:  # the renderer is resolution-free: the same scene, sampled on a finer pixel grid
+        large = synthetic.render_clip(identity, motion, plan.target_scale * plan.image_size)["image"]
+        for record, image in zip(records, large):
+            record["image_hr"] = image
+    return records
 
 
-def _frame_features(size: int, num_points: int, id_dim: int, with_flow: bool) -> tfds.features.FeaturesDict:
+def _frame_features(size: int, num_points: int, id_dim: int, with_flow: bool,
+                    target_scale: int = 1) -> tfds.features.FeaturesDict:
     zlib = tfds.features.Encoding.ZLIB
     features = {
         "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8, encoding=zlib),
@@ -89,6 +102,9 @@ def _frame_features(size: int, num_points: int, id_dim: int, with_flow: bool) ->
         "visibility": tfds.features.Tensor(shape=(num_points,), dtype=np.uint8),
         "identity": tfds.features.Tensor(shape=(id_dim,), dtype=np.float32),
     }
+    if target_scale > 1:
+        large = target_scale * size
+        features["image_hr"] = tfds.features.Tensor(shape=(large, large, 3), dtype=np.uint8, encoding=zlib)
     if with_flow:
         features["flow"] = tfds.features.Tensor(shape=(size, size, 2), dtype=np.float32, encoding=zlib)
     return tfds.features.FeaturesDict(features)
@@ -121,7 +137,7 @@ class SyntheticTalkingHeads(tfds.core.GeneratorBasedBuilder):
         plan = self.builder_config.plan
         return tfds.core.DatasetInfo(
             builder=self, description="Procedural 3-D talking heads (metaportrait-jax)", disable_shuffling=True,
-            features=_frame_features(plan.image_size, NUM_LANDMARKS, plan.id_dim, True))
+            features=_frame_features(plan.image_size, NUM_LANDMARKS, plan.id_dim, True, plan.target_scale))
 
     def _split_generators(self, dl_manager):
         plan = self.builder_config.plan

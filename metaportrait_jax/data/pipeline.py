@@ -16,7 +16,8 @@ Kinds:
     episodes  per person: a support set of pairs from one clip and a query set from another clip of the same person,
               both driven from the support clip's source (adapt on one clip, judge on another); each epoch visits
               every person once. `episode_sampling="official"` reproduces `PersonalMetaDataset.get_set` (spec §4.2).
-    clips     T consecutive frames of one clip (temporal super-resolution); each epoch visits every window once.
+    clips     T consecutive frames of one clip (temporal super-resolution; with `targets` when the source has
+              high-resolution frames); each epoch visits every window once.
 """
 
 import dataclasses
@@ -177,6 +178,8 @@ class ExampleSampler:
                "visibility": np.stack([r["visibility"] for r in records])}
         if "flow" in records[0]:
             out["flow"] = np.stack([r["flow"] for r in records])
+        if "image_hr" in records[0]:  # SR targets: the same frames at a higher resolution
+            out["targets"] = np.stack([r["image_hr"] for r in records]).astype(np.float32) / 255
         return out
 
 

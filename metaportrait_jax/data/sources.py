@@ -151,7 +151,8 @@ class TfdsFrames:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         record = self._source[int(index)]
-        return {k: v for k, v in record.items() if k in ("image", "landmarks", "visibility", "identity", "flow")}
+        return {k: v for k, v in record.items()
+                if k in ("image", "landmarks", "visibility", "identity", "flow", "image_hr")}
 
 
 class ClipSubset:

@@ -53,3 +53,18 @@ def generator_config(variant: str = "official_256") -> ml_collections.ConfigDict
         raise ValueError(f"unknown model variant {variant!r}; expected 'official_256' or 'tiny'")
     c.update(OFFICIAL_QUIRKS)
     return ml_collections.ConfigDict(c)
+
+
+def temporal_sr_config(variant: str = "official_512") -> ml_collections.ConfigDict:
+    """The temporal SR network (spec `temporal_sr_model.md` §3): 'official_512' (256² -> 512², the released
+    `temporal_gfpgan.pth`) or 'tiny' (32² -> 64², for tests).
+
+    `unet_channels` are the U-Net widths at resolutions 4, 8, ..., out_size; the StyleGAN2 decoder is twice as wide
+    (SFT acts on half of its channels). The input is always upsampled ×2 inside the network.
+    """
+    if variant == "official_512":
+        return ml_collections.ConfigDict(dict(out_size=512, style_dim=512,
+                                              unet_channels=(256, 256, 256, 256, 256, 128, 64, 32)))
+    if variant == "tiny":
+        return ml_collections.ConfigDict(dict(out_size=64, style_dim=32, unet_channels=(16, 16, 16, 8, 8)))
+    raise ValueError(f"unknown temporal SR variant {variant!r}; expected 'official_512' or 'tiny'")

@@ -18,6 +18,15 @@ xavier_002 = nn.initializers.variance_scaling(0.02 ** 2, "fan_avg", "normal")
 EPS = 1e-5
 
 
+def torch_default_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default conv / linear init for weights and biases alike: U(±1/√fan_in) (kaiming-uniform, a = √5)."""
+    bound = 1 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+CONV_INITS = ("xavier_002", "torch_default", "zeros")
+
+
 def instance_norm(x: jax.Array, eps: float = EPS) -> jax.Array:
     """Per sample and channel over H, W with biased variance: `[B, H, W, C]`."""
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -66,17 +75,23 @@ class Conv(nn.Module):
     padding: int | None = None  # default kernel_size // 2; 0 for VALID
     use_bias: bool = True
     spectral_norm: bool = False
+    init: str = "xavier_002"  # one of CONV_INITS: the base model's, PyTorch's default, or all zeros (weight and bias)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param("kernel", xavier_002, (k, k, x.shape[-1], self.features))
+        if self.init not in CONV_INITS:
+            raise ValueError(f"Conv init must be one of {CONV_INITS}, got {self.init!r}")
+        kernel_init, bias_init = {"xavier_002": (xavier_002, nn.initializers.zeros),
+                                  "torch_default": (torch_default_init(k * k * x.shape[-1]),) * 2,
+                                  "zeros": (nn.initializers.zeros,) * 2}[self.init]
+        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features))
         if self.spectral_norm:
             kernel = spectral_normalize(self, kernel, conv_weight_matrix(kernel), train)
         p = k // 2 if self.padding is None else self.padding
         y = conv2d(x, kernel.astype(x.dtype), self.stride, p)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+            y = y + self.param("bias", bias_init, (self.features,)).astype(x.dtype)
         return y
 
 

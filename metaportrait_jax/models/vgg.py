@@ -18,6 +18,9 @@ VGG_PLANS = {
 # vgg19: relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (the official perceptual loss).
 # vgg16: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (the LPIPS layers).
 VGG_TAPS = {"vgg19": (1, 6, 11, 20, 29), "vgg16": (3, 8, 15, 22, 29)}
+# Conv outputs before their ReLU, as torchvision `features` indices of the conv (the temporal SR losses):
+# vgg19: conv1_2, conv2_2, conv3_4, conv4_4, conv5_4 (official); vgg16: conv1_2, conv2_2, conv3_3, conv4_3, conv5_3.
+PRE_RELU_TAPS = {"vgg19": (2, 7, 16, 25, 34), "vgg16": (2, 7, 14, 21, 28)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -35,7 +38,8 @@ def conv_indices(arch: str) -> list[int]:
 
 
 class VGGFeatures(nn.Module):
-    """ImageNet-normalised VGG; returns the tapped ReLU maps, stopping after the last tap.
+    """ImageNet-normalised VGG; returns the tapped maps (a ReLU's index: its output; a conv's index: its output
+    before the ReLU), stopping after the last tap.
 
     Input `[B, H, W, 3]` in [0, 1]; output a list of `[B, H/2^k, W/2^k, C_k]`.
     """
@@ -58,6 +62,8 @@ class VGGFeatures(nn.Module):
                 i += 1
                 continue
             x = nn.Conv(item, (3, 3), padding=((1, 1), (1, 1)), name=f"features_{i}")(x)
+            if i in taps:
+                outputs.append(x)
             x = nn.relu(x)
             if i + 1 in taps:
                 outputs.append(x)

@@ -1,4 +1,8 @@
-"""Model checkpoints: `<dir>/model/` (Orbax: generator and optional discriminator variables) + `<dir>/config.json`."""
+"""Model checkpoints: `<dir>/model/` (Orbax: generator and optional discriminator variables) + `<dir>/config.json`.
+
+`config.task` names the network: absent for the base model, "temporal_sr" for the temporal SR network (whose
+variables are stored as the "generator" and which has no discriminator).
+"""
 
 import os
 from collections.abc import Mapping
@@ -13,7 +17,9 @@ from flax import traverse_util
 from metaportrait_jax.config import ConfigError, config_from_json, save_config
 from metaportrait_jax.models.discriminator import Discriminator
 from metaportrait_jax.models.generator import Generator, dummy_batch
+from metaportrait_jax.models.temporal_sr import TemporalSR, dummy_clip
 
+TEMPORAL_SR = "temporal_sr"
 MODEL_SUBDIR = "model"
 CONFIG_FILE = "config.json"
 
@@ -26,6 +32,14 @@ def abstract_generator_variables(model_config: ml_collections.ConfigDict) -> dic
     """Shapes and dtypes (`jax.ShapeDtypeStruct`) of `Generator(model_config)`'s variables, without computing them."""
     generator = Generator(model_config)
     return jax.eval_shape(lambda: generator.init(jax.random.key(0), dummy_batch(model_config)))
+
+
+def abstract_model_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Shapes and dtypes of the variables of the network `config` describes (`config.task`, `config.model`)."""
+    if config.get("task") == TEMPORAL_SR:
+        network = TemporalSR(config.model)
+        return jax.eval_shape(lambda: network.init(jax.random.key(0), dummy_clip(config.model)))
+    return abstract_generator_variables(config.model)
 
 
 def abstract_discriminator_variables(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -104,8 +118,11 @@ def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any
     top_level = sorted(stored) if isinstance(stored, Mapping) else []
     if "generator" not in top_level or not set(top_level) <= {"generator", "discriminator"}:
         raise _not_a_checkpoint(directory, f"{MODEL_SUBDIR}/ holds {top_level}, expected generator [+ discriminator]")
-    target = {"generator": abstract_generator_variables(config.model)}
-    if "discriminator" in stored:
+    try:
+        target = {"generator": abstract_model_variables(config)}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise _not_a_checkpoint(directory, f"unusable model section in {CONFIG_FILE}: {e}") from None
+    if "discriminator" in stored and config.get("task") != TEMPORAL_SR:
         target["discriminator"] = abstract_discriminator_variables(config.model)
     problems = _shape_mismatches(stored, target)
     if problems:

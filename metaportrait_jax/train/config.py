@@ -126,3 +126,55 @@ def personalization_config(model: ml_collections.ConfigDict, steps: int, seconds
     config.init_from = ""
     config.inference = ml_collections.ConfigDict(dict(batch_size=8, fps=23.98))
     return config
+
+
+# temporal SR preset -> synthetic data config rendered at the network's input size with a 2x target
+SR_VARIANTS = {"tiny": "r32_sr", "official_512": "r256_sr"}
+
+
+def temporal_sr_config(variant: str) -> ml_collections.ConfigDict:
+    """Training (and inference) settings of the temporal SR network (spec `temporal_sr_model.md` §5)."""
+    from metaportrait_jax.models.config import temporal_sr_config as sr_model_config
+
+    if variant not in SR_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(SR_VARIANTS)}")
+    config = ml_collections.ConfigDict()
+    config.task = "temporal_sr"
+    config.model = sr_model_config(variant)
+    config.seed = 0
+    config.train = ml_collections.ConfigDict(dict(
+        steps=300_000,
+        batch_size=1,                 # clips per step (official: 1 per GPU)
+        clip_length=6,                # frames per clip
+        learning_rate=1e-4,
+        final_learning_rate=1e-7,     # cosine decay over `steps` down to this (official CosineAnnealingRestartLR)
+        adam_betas=(0.9, 0.99),
+        ema_decay=0.999,
+        freeze_decoder=True,          # official: the StyleGAN2 decoder keeps its (GFPGAN v1.3) weights
+        flip_probability=0.5,         # horizontal flip of a whole training clip (input and target alike)
+        compute_dtype="float32",
+        perceptual="lpips_vgg16",     # offline default; "torchvision_vgg19:<vgg19-dcbb9e9d.pth>" is the official
+        loss=dict(pixel=0.1, perceptual=1.0, style=50.0, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0),
+                  range_norm=True),   # official quirk: the VGG sees (x + 1) / 2 of images already in [0, 1]
+        fsdp=1,
+        max_seconds=0.0,              # > 0: stop (after saving) once this much wall time has passed
+        log_every=10,
+        image_every=100,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+    ))
+    config.data = data_defaults(SR_VARIANTS[variant])
+    # Where the low-resolution inputs come from: "render" (the synthetic set's own low-resolution frame) or
+    # "base_model" (the base model's output driven by the clip's frames, as the official training pairs them;
+    # needs `base_checkpoint`, a base model checkpoint whose image size is the input size).
+    config.data.input_source = "render"
+    config.data.base_checkpoint = ""
+    config.init_from = ""             # a temporal SR model checkpoint to start from (e.g. converted GFPGAN v1.3)
+    # Output frames per step of seamless long-video inference: more frames amortise the ±temporal_depth context
+    # (official_512: 1297 / 1068 / 954 GFLOP per frame at 16 / 32 / 64) but hold more 512² activations at once.
+    config.inference = ml_collections.ConfigDict(dict(chunk_frames=16, fps=25.0))
+    if variant == "tiny":
+        # No pretrained GFPGAN exists at this size, and a frozen random decoder cannot learn: train it too.
+        config.train.update(steps=200, batch_size=8, clip_length=3, learning_rate=1e-3, final_learning_rate=1e-5,
+                            ema_decay=0.99, checkpoint_every=50, image_every=50, freeze_decoder=False)
+    return config

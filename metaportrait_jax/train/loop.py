@@ -6,7 +6,8 @@ above `train/`. Work directory:
     config.json              the resolved config (also inside every checkpoint)
     checkpoints/<step>/      Orbax: train state + data-iterator state; keep-N, async
     metrics.jsonl            one JSON object per logged step
-    tensorboard/             tensorboardX scalars and image grids (source | driving | warped | prediction)
+    tensorboard/             tensorboardX scalars and image grids (source | driving | warped | prediction; the
+                             temporal SR trainer: input | target | prediction)
 """
 
 import json
@@ -46,6 +47,9 @@ class Steppable(Protocol):
     def step(self, state: Any, batch: dict) -> tuple[Any, dict[str, jax.Array]]: ...
 
     def preview(self, state: Any, batch: dict) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]: ...
+
+    # Optional: `image_grid(shown, outputs) -> uint8 [H, W, 3]` and `image_tag`, for previews that are not
+    # source/driving pairs (the temporal SR trainer's clips); the default is `image_grid` below.
 
 
 class Preemption:
@@ -105,9 +109,9 @@ class MetricsLog:
         for name, value in metrics.items():
             self.writer.add_scalar(f"train/{name}", value, step)
 
-    def image(self, step: int, grid: np.ndarray) -> None:
+    def image(self, step: int, grid: np.ndarray, tag: str) -> None:
         if self.enabled:
-            self.writer.add_image("train/source_driving_warped_prediction", grid, step, dataformats="HWC")
+            self.writer.add_image(f"train/{tag}", grid, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.enabled:
@@ -189,7 +193,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
                                     sps=f"{values['steps_per_second']:.2f}")
             if train.image_every and (step % train.image_every == 0 or step == train.steps):
                 shown, outputs = jax.tree.map(host_value, shown_rows(state, batch))
-                log.image(step, image_grid(shown, outputs))
+                grid = getattr(trainer, "image_grid", image_grid)(shown, outputs)
+                log.image(step, grid, getattr(trainer, "image_tag", "source_driving_warped_prediction"))
             if bar is not None:
                 bar.update(1)
             if preempted or out_of_time:
