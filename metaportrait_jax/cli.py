@@ -172,7 +172,8 @@ def cmd_demo(args, overrides):
     meta = _load_config(os.path.join(REPO_CONFIGS, "meta_train.py:tiny"),
                         [*common, f"init_from={exports['full']!r}", f"train.steps={args.meta_steps}",
                          f"train.decay_steps=({args.meta_steps},)", "train.learning_rate=1e-4",
-                         "meta.inner_learning_rate=1e-3", *overrides])
+                         "meta.inner_learning_rate=1e-3", f"meta.tasks={args.meta_tasks}",
+                         f"meta.support={args.batch_size}", f"meta.query={args.batch_size}", *overrides])
     print(f"4/5 meta-train (Reptile), {args.meta_steps} steps from the full-stage model -> {out}/meta")
     exports["meta"] = train_from_config(meta, os.path.join(out, "meta"))
     seconds["meta-train"] = time.perf_counter() - tic
@@ -187,7 +188,7 @@ def cmd_demo(args, overrides):
     frames = TfdsFrames(data_dir, "test")
     model = meta.model
     curves = AdaptationCurves(model, frames, eval_steps, batch_size=args.batch_size, learning_rate=1e-3,
-                              seed=args.seed)
+                              seed=args.seed, frames_per_eval=16)
     starts = {"pretrained": load_sn_free_generator(exports["full"])[1],
               "meta-trained": load_sn_free_generator(exports["meta"])[1]}
     persons = curves.persons()[:args.persons]
@@ -661,12 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="end to end on the synthetic data: build, pretrain, meta-train, personalise")
     p.add_argument("--output", default="results/demo", help="work directory (a rerun resumes it)")
+    # Defaults sized for 10 minutes on 2 CPU cores.
     p.add_argument("--warp-steps", type=_positive_int, default=150)
     p.add_argument("--full-steps", type=_positive_int, default=150)
-    p.add_argument("--meta-steps", type=_positive_int, default=40)
-    p.add_argument("--personalize-steps", type=_positive_int, default=50)
+    p.add_argument("--meta-steps", type=_positive_int, default=20)
+    p.add_argument("--meta-tasks", type=_positive_int, default=2, help="tasks per meta-batch")
+    p.add_argument("--personalize-steps", type=_positive_int, default=30)
     p.add_argument("--persons", type=_positive_int, default=2, help="held-out persons to personalise and animate")
-    p.add_argument("--batch-size", type=_positive_int, default=4)
+    p.add_argument("--batch-size", type=_positive_int, default=2,
+                   help="pairs per training batch, per meta-learning support/query set and per personalisation step")
     p.add_argument("--seed", type=int, default=365)
     p.set_defaults(run=cmd_demo)
     return parser

@@ -61,7 +61,8 @@ def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, alg
         step = jax.jit(trainer.step, in_shardings=(sharding, batch_sharding(mesh)), out_shardings=(sharding, None))
         history = []
         for batch in tasks:
-            state, metrics = step(state, global_batch(batch, mesh))
+            with jax.set_mesh(mesh):  # as train.loop runs it: each device adapts its own tasks
+                state, metrics = step(state, global_batch(batch, mesh))
             history.append({k: float(v) for k, v in metrics.items()})
         results.append((jax.device_get(state.generator["params"]), history))
     (one, one_history), (eight, eight_history) = results
@@ -173,7 +174,7 @@ def test_personalize_bad_arguments_give_one_line_errors(synthetic, pretrained, t
 
 
 def test_adaptation_curves_protocol_and_report(synthetic, pretrained, tmp_path):
-    _, start = load_sn_free_generator(pretrained)
+    start = jax.device_put(load_sn_free_generator(pretrained)[1])  # device arrays: each curve must leave them intact
     model = load_model(pretrained)[0].model
     model.use_sn = False
     curves = AdaptationCurves(model, TfdsFrames(synthetic, "test"), eval_steps=(0, 1, 3), batch_size=2,

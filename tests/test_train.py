@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from metaportrait_jax.config import load_config
+from metaportrait_jax.config import ConfigError, load_config
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.train.checkpoint import load_model, save_model
@@ -97,6 +97,26 @@ def test_eight_devices_with_fsdp_equal_one_device_and_nan_steps_are_skipped(synt
     for a, b in zip(jax.tree.leaves((single.generator, single.generator_opt)),
                     jax.tree.leaves((after.generator, after.generator_opt))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_fixed_order_reduction_sums_gathered_gradients_without_an_all_reduce(synthetic, perceptual):
+    """`train.gradient_reduction='fixed_order'` gathers the per-device gradients and sums them in device order on every
+    device: no all-reduce (whose order depends on the process topology, tests/test_multihost.py) is left in the step,
+    and it computes what the default computes."""
+    batches = _batches(synthetic, 1)
+    mesh = make_mesh()
+    trainer = Trainer(_config("full", "train.gradient_reduction=fixed_order"), perceptual[0])
+    with jax.set_mesh(mesh):
+        _, (fixed,), _, step = _run_steps(trainer, perceptual, batches, mesh)
+        state = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual[1])
+        program = step.lower(state, global_batch(batches[0], mesh)).compile().as_text()
+    assert "all-reduce" not in program and "all-gather" in program
+    _, (default,), _, _ = _run_steps(Trainer(_config("full"), perceptual[0]), perceptual, batches,
+                                     make_mesh(devices=jax.devices()[:1]))
+    for key in ("generator_loss", "generator_grad_norm", "discriminator_loss", "discriminator_grad_norm"):
+        assert abs(fixed[key] - default[key]) <= 1e-5 * abs(default[key]), (key, fixed[key], default[key])
+    with pytest.raises(ConfigError, match="gradient_reduction must be one of"):
+        Trainer(_config("warp", "train.gradient_reduction=psum"), perceptual[0])
 
 
 def test_full_stage_takes_the_warp_networks_from_a_warp_checkpoint(synthetic, perceptual, tmp_path):

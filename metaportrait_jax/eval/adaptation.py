@@ -67,7 +67,8 @@ class AdaptationCurves:
         spec = PipelineSpec("pairs", self.batch_size, seed=self.seed, source="clip", workers=1)
         batches = make_iterator(make_dataset(ClipSubset(self.frames, [first]), spec), spec)
         drivers = np.arange(clips.start[second], clips.start[second] + clips.length[second])[:self.frames_per_eval]
-        state = self.trainer.init_state(jax.random.key(self.seed), self.perceptual, None, generator)
+        # host copies: the step donates the state, which must not take the caller's device arrays with it
+        state = self.trainer.init_state(jax.random.key(self.seed), self.perceptual, None, jax.device_get(generator))
         rows, loss, seconds = [], float("nan"), 0.0
         for step in range(max(self.eval_steps) + 1):
             if step in self.eval_steps:
@@ -91,7 +92,7 @@ class AdaptationCurves:
                     per_person[str(person)], personalised[name][person] = self.curve(generator, person)
                     bar.update(1)
                 mean = [{key: float(np.mean([c[i][key] for c in per_person.values()])) for key in per_person[
-                    str(persons[0])][i]} for i in range(len(self.eval_steps))]
+                    str(persons[0])][i]} | {"step": step} for i, step in enumerate(self.eval_steps)]
                 results[name] = {"per_person": per_person, "mean": mean}
         return results, personalised
 

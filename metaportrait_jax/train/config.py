@@ -35,6 +35,9 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
         # [B, model.id_dim]; used when loss.identity > 0 (official weight 20, but its loss code is disabled)
         identity_encoder="",
         fsdp=1,                       # devices per parameter shard (1 = plain data parallelism)
+        # "all_reduce", or "fixed_order": per-device gradients gathered and summed in device order, the same bits
+        # on any process topology (train/sharding.py)
+        gradient_reduction="all_reduce",
         log_every=10,
         image_every=100,
         checkpoint_every=100,

@@ -137,8 +137,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         print(describe_topology(mesh), flush=True)
     abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
     state_sharding = tree_sharding(abstract, mesh)
-    step_fn = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
-                      out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+    compiled_step = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
+                            out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+
+    def step_fn(state, batch):
+        with jax.set_mesh(mesh):  # traced under the mesh: a step may place values by axis name
+            return compiled_step(state, batch)
+
     shown_rows = jax.jit(trainer.preview, out_shardings=replicated(mesh))
 
     manager = checkpoint_manager(workdir, train)

@@ -7,13 +7,22 @@ only the mesh shape changes. Rules:
 - batches: leading axis split over (`data`, `fsdp`);
 - parameters and optimiser state: the largest dimension divisible by the `fsdp` size is split over `fsdp`
   (others replicated); scalars and small arrays (< `min_shard_size` elements) are replicated.
+
+Gradient means over devices are XLA all-reduces by default. Their summation order depends on how the devices are
+spread over processes, and Adam turns round-off into whole ±lr steps where a gradient is round-off alone (a bias
+before an instance norm). `train.gradient_reduction="fixed_order"` instead gathers the per-device values (exact) and
+sums them in device order on every device (`per_device`): the same bits on 1 process x 4 devices as
+on 2 x 2, for device-count x gradient memory and traffic.
 """
 
 import functools
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from metaportrait_jax.meta.adapt import tree_mean
 
 # Joining a multi-process job lives in `distributed`; subcommands import it from here too.
 from metaportrait_jax.train.distributed import initialize_processes  # noqa: F401
@@ -38,6 +47,45 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+GRADIENT_REDUCTIONS = ("all_reduce", "fixed_order")
+
+
+def batch_devices() -> int:
+    """Devices the batch is split over in the mesh set by `jax.set_mesh` (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS]
+
+
+def gathered(tree):
+    """`tree` whole on every device (an all-gather: exact), so that what is computed from it next is computed the
+    same way on every device, whatever the topology."""
+    return tree if jax.sharding.get_abstract_mesh().empty else jax.lax.with_sharding_constraint(tree, PartitionSpec())
+
+
+def per_device(fn: Callable, shared, batch, fixed_order: bool):
+    """`fn(shared, rows) -> (means, per_row, common)` run on each batch device's own rows of `batch` (`shard_map`
+    over the mesh set by `jax.set_mesh`); returns (`means` averaged over the devices, `per_row` of all rows,
+    `common`: values every device computes alike, taken as they are). `shared` (e.g. parameters) is whole on every
+    device. Without a mesh: `fn(shared, batch)`.
+
+    The average is an all-reduce, or with `fixed_order` an all-gather (exact) and then the same sum in the same order
+    on every device: an all-reduce's summation order depends on how the devices are spread over processes.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(shared, batch)
+
+    def on_device(shared, rows):
+        means, per_row, common = fn(shared, rows)
+        if fixed_order:
+            return tree_mean(jax.lax.all_gather(means, BATCH_AXES)), per_row, common
+        return jax.lax.pmean(means, BATCH_AXES), per_row, common
+
+    whole, rows = PartitionSpec(), PartitionSpec(BATCH_AXES)
+    return jax.shard_map(on_device, in_specs=(whole, rows), out_specs=(whole, rows, whole), check_vma=False)(
+        shared, batch)
 
 
 def parameter_sharding(shape: tuple[int, ...], mesh: Mesh, min_shard_size: int = 2 ** 14) -> NamedSharding:

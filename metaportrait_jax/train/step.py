@@ -28,6 +28,7 @@ from metaportrait_jax.config import ConfigError
 from metaportrait_jax.models.discriminator import Discriminator
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 from metaportrait_jax.train.checkpoint import load_model
+from metaportrait_jax.train.sharding import GRADIENT_REDUCTIONS, batch_devices, gathered, per_device
 
 WARP_MODULES = ("ladder_network", "dense_motion_network")
 STAGES = ("warp", "full")
@@ -104,6 +105,10 @@ class Trainer:
         if self.train.stage not in STAGES:
             raise ConfigError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
         self.stage = self.train.stage
+        if self.train.gradient_reduction not in GRADIENT_REDUCTIONS:
+            raise ConfigError(f"train.gradient_reduction must be one of {GRADIENT_REDUCTIONS}, "
+                              f"got {self.train.gradient_reduction!r}")
+        self.fixed_order = self.train.gradient_reduction == "fixed_order"
         self.description = f"train {self.stage}"
         self.generator = Generator(config.model)
         self.discriminator = Discriminator(config.model)
@@ -146,8 +151,11 @@ class Trainer:
                                                     images.astype(self.compute_dtype))
         return [f.astype(jnp.float32) for f in features], logits.astype(jnp.float32)
 
-    def generator_losses(self, params, state: TrainState, batch: dict[str, jax.Array]):
-        """(total, (named losses, generator outputs, new spectral-norm vectors))."""
+    def generator_losses(self, params, state: TrainState, batch: dict[str, jax.Array],
+                         mask_sums: dict[str, jax.Array] | None = None):
+        """(total, (named losses, generator outputs, new spectral-norm vectors)). `mask_sums`: the eye/mouth losses'
+        normalisers per mask (`losses.mask_pixel_sums`) when `batch` is a share of the batch they are for."""
+        mask_sums = mask_sums or {}
         w = self.train.loss
         inputs = _cast({k: batch[k] for k in BATCH_KEYS}, self.compute_dtype)
         variables = {**state.generator, "params": _cast(params, self.compute_dtype)}
@@ -160,9 +168,11 @@ class Trainer:
             prediction = out["prediction"]
             named["perceptual"] = L.perceptual_loss(features, prediction, driving, scales, w.perceptual)
             if w.eye:
-                named["eye"] = L.masked_box_loss(prediction, driving, batch["eye_mask"], scales, w.eye)
+                named["eye"] = L.masked_box_loss(prediction, driving, batch["eye_mask"], scales, w.eye,
+                                                 mask_sums.get("eye_mask"))
             if w.mouth:
-                named["mouth"] = L.masked_box_loss(prediction, driving, batch["mouth_mask"], scales, w.mouth)
+                named["mouth"] = L.masked_box_loss(prediction, driving, batch["mouth_mask"], scales, w.mouth,
+                                                   mask_sums.get("mouth_mask"))
             if w.identity:
                 embedding = self.identity_encoder.apply(_cast(state.identity, self.compute_dtype),
                                                         prediction.astype(self.compute_dtype))
@@ -180,11 +190,36 @@ class Trainer:
         _, fake_logits = self._discriminate(params, jax.lax.stop_gradient(prediction))
         return self.train.loss.discriminator_gan * L.discriminator_gan_loss(real_logits, fake_logits)
 
+    def _generator_gradients(self, params, state: TrainState, batch: dict[str, jax.Array]):
+        """((total, (named losses, outputs, spectral vectors)), gradients) of `generator_losses`."""
+        value_and_grad = jax.value_and_grad(self.generator_losses, has_aux=True)
+        if not self.fixed_order:
+            return value_and_grad(params, state, batch)
+        # The eye/mouth losses divide by the whole batch's mask pixels (exact sums of 0/1), /D so that the mean of
+        # the D per-device losses is the whole batch's loss, as with every per-example mean.
+        scales = tuple(self.train.pyramid_scales)
+        mask_sums = {key: L.mask_pixel_sums(gathered(batch[key]), scales) / batch_devices()
+                     for key in ("eye_mask", "mouth_mask") if key in batch}
+
+        def on_device(shared, rows):
+            (loss, (named, out, mutated)), grads = value_and_grad(*shared, rows, mask_sums)
+            return (loss, named, grads), out, mutated  # spectral vectors: from the weights alone, alike
+
+        (loss, named, grads), out, mutated = per_device(on_device, (params, state), batch, fixed_order=True)
+        return (loss, (named, out, mutated)), grads
+
+    def _discriminator_gradients(self, params, prediction: jax.Array, driving: jax.Array):
+        value_and_grad = jax.value_and_grad(self.discriminator_loss)
+        if not self.fixed_order:
+            return value_and_grad(params, prediction, driving)
+        return per_device(lambda p, rows: (value_and_grad(p, *rows), (), ()), params, (prediction, driving),
+                          fixed_order=True)[0]
+
     def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One G update (and one D update in the full stage with GAN); pure, jit it with `shardings`."""
+        """One G update (and one D update in the full stage with GAN); pure, jit it with `shardings` under
+        `jax.set_mesh` (which `train.gradient_reduction='fixed_order'` needs to find the devices)."""
         g_params = state.generator["params"]
-        (g_loss, (named, out, mutated)), g_grads = jax.value_and_grad(self.generator_losses, has_aux=True)(
-            g_params, state, batch)
+        (g_loss, (named, out, mutated)), g_grads = self._generator_gradients(g_params, state, batch)
         g_updates, g_opt = self.generator_tx.update(g_grads, state.generator_opt, g_params)
         candidate = state.replace(
             step=state.step + 1,
@@ -194,8 +229,7 @@ class Trainer:
         finite = jnp.isfinite(g_loss)
         if self.use_gan:
             d_params = state.discriminator["params"]
-            d_loss, d_grads = jax.value_and_grad(self.discriminator_loss)(d_params, out["prediction"],
-                                                                          batch["driving"])
+            d_loss, d_grads = self._discriminator_gradients(d_params, out["prediction"], batch["driving"])
             d_updates, d_opt = self.discriminator_tx.update(d_grads, state.discriminator_opt, d_params)
             candidate = candidate.replace(discriminator={"params": optax.apply_updates(d_params, d_updates)},
                                           discriminator_opt=d_opt)
