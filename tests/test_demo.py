@@ -16,7 +16,8 @@ def _demo(output: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "metaportrait_jax.cli", "demo", "--output", output, "--warp-steps", "2",
                "--full-steps", "2", "--meta-steps", "1", "--personalize-steps", "2", "--persons", "1",
                "--batch-size", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1800)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")  # one CPU device, as a user has
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
