@@ -35,9 +35,14 @@ def perceptual_loss(features: FeatureFn, prediction: jax.Array, target: jax.Arra
     return total
 
 
+def _mask_at(mask: jax.Array, scale: float) -> jax.Array:
+    """M_s: the mask subsampled from index 0 to pyramid `scale`."""
+    return subsample_nearest(mask, round(1 / scale)) if scale != 1 else mask
+
+
 def mask_pixel_sums(mask: jax.Array, scales: Sequence[float] = PYRAMID_SCALES) -> jax.Array:
     """`[len(scales)]`: Σ M_s, the mask pixels counted at each pyramid scale (the eye/mouth loss's normalisers)."""
-    return jnp.stack([jnp.sum(subsample_nearest(mask, round(1 / s)) if s != 1 else mask) for s in scales])
+    return jnp.stack([jnp.sum(_mask_at(mask, s)) for s in scales])
 
 
 def masked_box_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array,
@@ -55,7 +60,7 @@ def masked_box_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array,
         mask_sums = mask_pixel_sums(mask, scales)
     total = jnp.zeros((), jnp.float32)
     for index, scale in enumerate(scales):
-        m = subsample_nearest(mask, round(1 / scale)) if scale != 1 else mask
+        m = _mask_at(mask, scale)
         diff = (pred_pyramid[scale] - jax.lax.stop_gradient(target_pyramid[scale])) ** 2
         total = total + jnp.sum(diff * m) / (mask_sums[index] + 1e-6)
     return weight * total
