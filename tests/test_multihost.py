@@ -34,7 +34,8 @@ TINY = ["--workdir", "{workdir}", "--no-progress", "--config.data.source=tfds", 
 # is round-off alone (e.g. a conv bias right before an instance norm: its true gradient is 0), Adam's normalisation
 # turns that into steps of ±lr that differ in sign. The warp stage stays within 1e-5 (3e-6 measured) with the default
 # all-reduce; the full stage (up to 4.4e-4, discriminator biases) and meta-training (7.7e-5) did not, so they run with
-# the topology-independent reduction, which must give the same bits.
+# the topology-independent reduction, which must give the same bits. (That also needs the same kernels in every
+# process: local.sh gives each process one thread-pool size, see there.)
 FIXED_ORDER = "--config.train.gradient_reduction=fixed_order"
 
 # Every subcommand that runs as a multi-process job, one line each: it must run STEPS steps and keep Orbax
