@@ -46,11 +46,18 @@ def _tasks(synthetic, count: int):
     return [next(iterator) for _ in range(count)]
 
 
-@pytest.mark.slow  # OOM-killed once on a 24 GB machine shared with other jobs; its memory alone is unmeasured
-@pytest.mark.parametrize("algorithm", ["reptile", "maml"])
+# maml (8 tasks' second-order graphs at once on 1 device) pushed this 24 GB machine into swap: it is left out.
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", [
+    "reptile",
+    pytest.param("fomaml", marks=pytest.mark.xfail(strict=True, reason=(
+        "open (issue 5): the 8-device meta-gradient norm is 1e-3 off the 1-device one (1658.6 vs 1660.2)")))])
 def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, algorithm):
-    config = _meta_config("meta.tasks=8", f"meta.algorithm={algorithm!r}", "train.adam_eps_root=1e-16",
-                          f"meta.remat={algorithm == 'maml'}")
+    # Adam moves a weight by about ±lr on its first steps whatever its gradient's size (Reptile normalises twice:
+    # inner and outer Adam), so a weight whose gradient is round-off alone, summed in another order on 8 devices,
+    # steps the other way: with eps_root=1e-16, 4 % of the weights did after 2 reptile steps. eps_root=1e-6 keeps
+    # Adam from blowing gradients below ~1e-3 up to ±lr; what is left is the sharded program's own round-off.
+    config = _meta_config("meta.tasks=8", f"meta.algorithm={algorithm!r}", "train.adam_eps_root=1e-6")
     trainer = MetaTrainer(config, perceptual[0])
     tasks = _tasks(synthetic, 2)
     results = []
@@ -58,6 +65,7 @@ def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, alg
         abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual[1])
         sharding = tree_sharding(abstract, mesh)
         state = jax.jit(trainer.init_state, out_shardings=sharding)(jax.random.key(0), perceptual[1])
+        start = jax.device_get(state.generator["params"])
         step = jax.jit(trainer.step, in_shardings=(sharding, batch_sharding(mesh)), out_shardings=(sharding, None))
         history = []
         for batch in tasks:
@@ -69,18 +77,15 @@ def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, alg
     assert len(jax.devices()) == 8
     for a, b in zip(one_history, eight_history):
         for key in ("support_loss_before", "support_loss_after_inner", "meta_grad_norm"):
-            assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]), (key, a[key], b[key])
+            assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a[key], b[key])
     assert one_history[0]["finite"] == 1.0 and eight_history[-1]["skipped"] == 0
-    # Adam moves a weight by about ±lr whatever its gradient's size, so weights whose meta-gradient is at round-off
-    # level may differ by up to 2·lr per step; the weights as a whole agree to 1e-5 relative.
     lr = config.train.learning_rate
-    differing = total = 0
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
-        diff = np.abs(np.asarray(a) - np.asarray(b))
-        assert diff.max() <= 2 * lr * len(tasks) * 1.01
-        differing += int(np.sum(diff > 1e-5 * np.abs(a) + 0.05 * lr))
-        total += a.size
-    assert differing / total < 0.01, differing / total
+    for (path, a), b, s in zip(jax.tree_util.tree_flatten_with_path(one)[0], jax.tree.leaves(eight),
+                               jax.tree.leaves(start)):
+        # to 1e-5 of the weight or a 20th of Adam's largest step (weights whose gradient is round-off, e.g. biases
+        # right before a norm layer, differ by round-off of a tiny step)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=0.05 * lr, err_msg=jax.tree_util.keystr(path))
+    assert any(np.any(a != s) for a, s in zip(jax.tree.leaves(one), jax.tree.leaves(start)))  # the steps moved it
 
 
 def test_meta_config_errors_name_the_field(perceptual):
