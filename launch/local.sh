@@ -12,7 +12,7 @@
 # Knobs (environment): DEVICES_PER_PROCESS (default 2), PORT (coordinator port, default random),
 # LOG_DIR (default a new temporary folder), METAPORTRAIT_BIN (the command, split on spaces; default
 # metaportrait-jax), METAPORTRAIT_HEARTBEAT_TIMEOUT (seconds before a silent process counts as dead), PJRT_NPROC
-# (threads per process; default the job's device count, see below).
+# (threads per process; default max(the job's device count, cores), see below).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 NUM_PROCESSES SUBCOMMAND [ARGS...]" >&2
@@ -39,8 +39,11 @@ export JAX_PLATFORMS=cpu
 export XLA_FLAGS="--xla_force_host_platform_device_count=${devices_per_process} ${XLA_FLAGS:-}"
 # XLA:CPU splits each kernel into as many parts as its process's thread pool has threads, max(cores, local devices),
 # and a convolution or reduction split differently rounds differently. One pool size for the job's device count, in
-# every process, makes 1 x 4 and 2 x 2 devices compile the same kernels (and so end with the same bits).
-export PJRT_NPROC=${PJRT_NPROC:-$((num_processes * devices_per_process))}
+# every process, makes 1 x 4 and 2 x 2 devices compile the same kernels (and so end with the same bits): the job's
+# device count, or the cores if there are more (fewer threads than cores would only be slower).
+job_devices=$((num_processes * devices_per_process))
+cores=$(nproc)
+export PJRT_NPROC=${PJRT_NPROC:-$((job_devices > cores ? job_devices : cores))}
 if ((num_processes > 1)); then
   # No persistent compilation cache: on CPU only process 0 would find its programs there and the others would
   # compile them again, reaching the first collective later than gloo's 30 s window allows.
