@@ -254,6 +254,16 @@ def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
     assert os.path.isdir(os.path.join(workdir, "export")) and os.path.isdir(os.path.join(workdir, "export_ema"))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2]
+    # Fine-tuning starts from the trained weights (init_from): at lr 0 its weights and EMA stay the trained weights.
+    tuned = str(tmp_path / "tuned")
+    assert main(["train", "--config", os.path.join(REPO, "configs", "temporal_sr.py:tiny"), "--workdir", tuned,
+                 "--no-progress", "--config.data.source=tfds", f"--config.data.path={sr_data}",
+                 "--config.train.steps=1", "--config.train.clip_length=2", "--config.train.learning_rate=0.0",
+                 "--config.train.final_learning_rate=0.0", f"--config.init_from={os.path.join(workdir, 'export')}"]) == 0
+    trained = jax.tree.leaves(load_model(os.path.join(workdir, "export"))[1])
+    for export in ("export", "export_ema"):
+        for a, b in zip(trained, jax.tree.leaves(load_model(os.path.join(tuned, export))[1])):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
     frames = TfdsFrames(sr_data, "test")
     clip = np.stack([frames[i]["image"] for i in range(5)])

@@ -48,8 +48,8 @@ def gram(features: jax.Array) -> jax.Array:
 
 
 def learning_rate(train: ml_collections.ConfigDict) -> optax.Schedule:
-    return optax.cosine_decay_schedule(train.learning_rate, train.steps,
-                                       alpha=train.final_learning_rate / train.learning_rate)
+    ratio = train.final_learning_rate / train.learning_rate if train.learning_rate else 1.0  # lr 0: frozen
+    return optax.cosine_decay_schedule(train.learning_rate, train.steps, alpha=ratio)
 
 
 def parameter_labels(params: dict[str, Any], frozen: tuple[str, ...]) -> dict[str, Any]:
@@ -154,7 +154,8 @@ class SRTrainer:
         if stored_config.get("task") != TEMPORAL_SR or stored_config.model.to_dict() != self.config.model.to_dict():
             raise CheckpointError(f"init_from {self.config.init_from}: not a checkpoint of this temporal SR network")
         params = jax.tree.map(lambda fresh, loaded: jnp.asarray(loaded, fresh.dtype), state.params, stored["params"])
-        return state.replace(params=params, ema=params)
+        # The EMA starts equal but in buffers of its own: the step donates both trees.
+        return state.replace(params=params, ema=jax.tree.map(jnp.copy, params))
 
     def preview(self, state: SRTrainState, batch: dict[str, jax.Array]) -> tuple[dict, dict]:
         """The first clip's frames: (its inputs and targets, the EMA network's prediction) for image grids."""
