@@ -18,8 +18,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a built synthetic *_sr data set directory")
     parser.add_argument("--split", default="test")
     parser.add_argument("--clips", type=int, help="score only the first N clips")
+    parser.add_argument("--grid", help="also write a PNG: 4 frames of the first clip, bilinear | SR | target")
     args = parser.parse_args()
-    report = evaluate_sr(args.checkpoint, args.data, args.split, args.clips)
+    report = evaluate_sr(args.checkpoint, args.data, args.split, args.clips, grid_path=args.grid)
     print(json.dumps(report, indent=1))
     print(f"{'':<14}{'PSNR dB':>9}{'LPIPS':>8}{'warp err':>10}")
     for name, row in report.items():

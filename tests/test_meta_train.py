@@ -50,6 +50,10 @@ def _tasks(synthetic, count: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", [
     "reptile",
+    # Open (issue 5): the 8-device meta-gradient norm is 1e-3 off the 1-device one (1658.6 vs 1660.2) while the
+    # support and query losses agree to 1e-6. Not the gradient itself: with inner lr 1e-12 the norms agree to 3e-6.
+    # Not plain sensitivity: a 1e-7 relative perturbation of θ′ moves the query gradient by 1e-6. The difference
+    # sits in the dense-motion hourglass (1.5 % per conv kernel; the SPADE decoder 2e-3).
     pytest.param("fomaml", marks=pytest.mark.xfail(strict=True, reason=(
         "open (issue 5): the 8-device meta-gradient norm is 1e-3 off the 1-device one (1658.6 vs 1660.2)")))])
 def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, algorithm):

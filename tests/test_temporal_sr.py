@@ -21,13 +21,15 @@ from metaportrait_jax.data.official_layout import DataError, write_sample_layout
 from metaportrait_jax.data.pipeline import make_iterator, pair_example
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.data.sr_clips import sr_dataset
-from metaportrait_jax.eval.video import read_video_frames, write_mp4
+from metaportrait_jax.eval.video import read_video_frames, to_uint8, write_mp4
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
+from metaportrait_jax.eval import metrics
 from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip, sr_stream
+from metaportrait_jax.eval.sr_quality import evaluate_sr
 from metaportrait_jax.models.config import temporal_sr_config
-from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_variables, temporal_depth
+from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_variables, temporal_depth, upsample2
 from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model, save_model
 from metaportrait_jax.train.sr_step import SRTrainer
 from official_torch_sr import ModulatedConv2d, OfficialTemporalSR
@@ -265,7 +267,20 @@ def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
         for a, b in zip(trained, jax.tree.leaves(load_model(os.path.join(tuned, export))[1])):
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
+    # The with/without benchmark: bilinear ×2 is scored against the targets as computed here (up to a uint8 step
+    # where jit rounds otherwise); the grid shows bilinear | SR | target rows.
     frames = TfdsFrames(sr_data, "test")
+    report = evaluate_sr(os.path.join(workdir, "export"), sr_data, "test", clips=1, grid_path=str(tmp_path / "g.png"))
+    first = range(int(frames.clips.start[0]), int(frames.clips.start[0] + frames.clips.length[0]))
+    targets = np.stack([frames[i]["image_hr"] for i in first])
+    bilinear = to_uint8(np.asarray(upsample2(np.stack([frames[i]["image"] for i in first]).astype(np.float32) / 255)))
+    assert report["without"]["psnr_db"] == pytest.approx(float(np.mean(metrics.psnr(bilinear, targets))), rel=1e-4)
+    assert set(report["with"]) == {"psnr_db", "lpips", "warping_error"} and report["ground_truth"]["warping_error"] > 0
+    grid = imageio.imread(str(tmp_path / "g.png"))
+    assert grid.shape == (4 * 64, 3 * 64, 3)
+    np.testing.assert_array_equal(grid[:64, 128:], targets[0])
+    np.testing.assert_allclose(grid[:64, :64], bilinear[0], atol=1)
+
     clip = np.stack([frames[i]["image"] for i in range(5)])
     folder = tmp_path / "frames"
     folder.mkdir()

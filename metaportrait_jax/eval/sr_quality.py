@@ -7,6 +7,7 @@ renderer's ground-truth flow) of the 2x output frames, per test clip, averaged.
 above 0), the floor a perfectly coherent output would reach.
 """
 
+import imageio.v2 as imageio
 import jax
 import numpy as np
 
@@ -27,9 +28,10 @@ def _scores(frames: np.ndarray, targets: np.ndarray, flow: np.ndarray, lpips) ->
 
 
 def evaluate_sr(checkpoint_dir: str, data_dir: str, split: str = "test", clips: int | None = None,
-                chunk: int = 8) -> dict[str, dict[str, float]]:
+                chunk: int = 8, grid_path: str | None = None) -> dict[str, dict[str, float]]:
     """Scores of the bilinear ×2 input ("without"), the SR output ("with") and the targets' own warping error
-    ("ground_truth"), averaged over the first `clips` clips of `split` of a synthetic SR data set (`*_sr`)."""
+    ("ground_truth"), averaged over the first `clips` clips of `split` of a synthetic SR data set (`*_sr`).
+    `grid_path`: also a PNG of 4 frames of the first clip, one row each: bilinear | SR | target."""
     config, variables = load_sr_model(checkpoint_dir)
     frames = TfdsFrames(data_dir, split)
     if "image_hr" not in frames[0] or "flow" not in frames[0]:
@@ -55,5 +57,9 @@ def evaluate_sr(checkpoint_dir: str, data_dir: str, split: str = "test", clips: 
         totals["with"].append(_scores(enhanced, targets, flow, lpips))
         totals["ground_truth"].append(
             {"warping_error": float(np.mean(metrics.temporal_warping_error(targets, flow)))})
+        if grid_path and clip == 0:
+            shown = np.linspace(0, len(records) - 1, 4).astype(int)
+            imageio.imwrite(grid_path, np.concatenate(
+                [np.concatenate([bilinear[i], enhanced[i], targets[i]], axis=1) for i in shown], axis=0))
     return {name: {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
             for name, rows in totals.items()}
