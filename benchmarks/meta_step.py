@@ -2,10 +2,13 @@
 
   python benchmarks/meta_step.py [--variants tiny,official_256] [--algorithms reptile,fomaml,maml] [--repeats 3]
 
-Each (variant, algorithm) runs in its own process, so the peak resident memory (`ru_maxrss`) is that step's; XLA's
-own estimate of the step's temporary buffers is printed beside it. One task = the variant's support and query sets
-(official_256: 1 support + 1 query pair; tiny: 4 + 4), 2 inner steps, random weights, fp32. MAML runs with
-`meta.remat=True` (one inner step's activations kept at a time) and, for comparison, without.
+Each (variant, algorithm) runs in its own process, so the peak resident memory (`ru_maxrss`) is that step's (compile
+included); for a one-program step XLA's own estimate of its temporary buffers is printed beside it. Compile seconds
+are the ahead-of-time compile's, or for composed programs the first call's time less a later call's. One task = the
+variant's support and query sets (official_256: 1 support + 1 query pair; tiny: 4 + 4), 2 inner steps, random
+weights, fp32. MAML runs one inner step per program
+(`meta.maml_programs="per_inner_step"`); `--maml-programs per_inner_step,one` adds the one-program step (with
+`meta.remat=True`), whose compile outgrows a 24 GB machine at `tiny`.
 """
 
 import argparse
@@ -19,7 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(variant: str, algorithm: str, remat: bool, repeats: int) -> dict:
+def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
     import jax
     import numpy as np
 
@@ -29,7 +32,8 @@ def measure(variant: str, algorithm: str, remat: bool, repeats: int) -> dict:
     from metaportrait_jax.train.meta_step import MetaTrainer
 
     config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"),
-                         [f"meta.algorithm={algorithm!r}", f"meta.remat={remat}", "meta.tasks=1",
+                         [f"meta.algorithm={algorithm!r}", f"meta.maml_programs={programs!r}",
+                          f"meta.remat={programs == 'one'}", "meta.tasks=1",
                           "train.adam_eps_root=1e-16"])
     network, vgg = perceptual_features("lpips_vgg16")
     trainer = MetaTrainer(config, network)
@@ -45,20 +49,21 @@ def measure(variant: str, algorithm: str, remat: bool, repeats: int) -> dict:
         return {k: v[None] for k, v in batch.items()}
 
     tasks = {"support": pairs(config.meta.support), "query": pairs(config.meta.query)}
-    step = jax.jit(trainer.step, donate_argnums=0)
-    tic = time.perf_counter()
-    compiled = step.lower(state, tasks).compile()
-    compile_seconds = time.perf_counter() - tic
-    memory = compiled.memory_analysis()
+    step, memory, compile_seconds = trainer.compile_step(), None, 0.0
+    if hasattr(step, "lower"):  # one program: compiled ahead, with XLA's memory estimate
+        tic = time.perf_counter()
+        step = step.lower(state, tasks).compile()
+        compile_seconds, memory = time.perf_counter() - tic, step.memory_analysis()
     times = []
     for _ in range(repeats + 1):
         tic = time.perf_counter()
-        state, metrics = compiled(state, tasks)
+        state, metrics = step(state, tasks)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - tic)
-    return {"variant": variant, "algorithm": algorithm, "remat": remat, "seconds_per_meta_step": min(times[1:]),
-            "compile_seconds": compile_seconds,
-            "xla_temp_gib": getattr(memory, "temp_size_in_bytes", 0) / 2 ** 30,
+    return {"variant": variant, "algorithm": algorithm, "programs": programs,
+            # composed programs compile at their first call
+            "seconds_per_meta_step": min(times[1:]), "compile_seconds": compile_seconds + times[0] - min(times[1:]),
+            "xla_temp_gib": memory.temp_size_in_bytes / 2 ** 30 if memory else float("nan"),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
@@ -66,25 +71,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", default="tiny,official_256")
     parser.add_argument("--algorithms", default="reptile,fomaml,maml")
+    parser.add_argument("--maml-programs", default="per_inner_step")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # variant:algorithm:remat, run in a child process
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # variant:algorithm:programs, run in a child process
     args = parser.parse_args()
     if args.one:
-        variant, algorithm, remat = args.one.split(":")
-        print(json.dumps(measure(variant, algorithm, remat == "True", args.repeats)))
+        variant, algorithm, programs = args.one.split(":")
+        print(json.dumps(measure(variant, algorithm, programs, args.repeats)))
         return
-    print("| variant | algorithm | remat | s / meta-step | compile s | XLA temp GiB | peak RSS GiB |")
+    print("| variant | algorithm | programs | s / meta-step | compile s | XLA temp GiB | peak RSS GiB |")
     print("|---|---|---|---:|---:|---:|---:|")
     for variant in args.variants.split(","):
         for algorithm in args.algorithms.split(","):
-            for remat in ([True, False] if algorithm == "maml" else [False]):
-                out = subprocess.run([sys.executable, __file__, "--one", f"{variant}:{algorithm}:{remat}",
+            for programs in (args.maml_programs.split(",") if algorithm == "maml" else ["one"]):
+                out = subprocess.run([sys.executable, __file__, "--one", f"{variant}:{algorithm}:{programs}",
                                       "--repeats", str(args.repeats)], capture_output=True, text=True)
                 if out.returncode:
-                    print(f"| {variant} | {algorithm} | {remat} | failed: {out.stderr.strip().splitlines()[-1]} |")
+                    print(f"| {variant} | {algorithm} | {programs} | failed: "
+                          f"{out.stderr.strip().splitlines()[-1]} |")
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"| {variant} | {algorithm} | {remat} | {r['seconds_per_meta_step']:.3f} | "
+                print(f"| {variant} | {algorithm} | {programs} | {r['seconds_per_meta_step']:.3f} | "
                       f"{r['compile_seconds']:.1f} | {r['xla_temp_gib']:.2f} | {r['peak_rss_gib']:.2f} |", flush=True)
 
 

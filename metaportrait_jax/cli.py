@@ -639,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", type=int, help="person index (needed when the data holds several)")
     p.add_argument("--clips", type=_index_list, help="the person's clips to learn from, e.g. 0 or 0,2 (default all)")
     p.add_argument("--steps", type=_positive_int)
-    p.add_argument("--seconds", type=float, help="wall-time budget instead of --steps")
+    p.add_argument("--seconds", type=float,
+                   help="wall-time budget instead of --steps (counted from the first, compiling, step on)")
     p.add_argument("--output", required=True, help="directory for the personalised model checkpoint (and run/)")
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--learning-rate", type=float, default=2e-4)
@@ -653,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", required=True, help="the standard pretrained model checkpoint (full stage)")
     p.add_argument("--workdir", required=True, help="meta-training runs and the report (a rerun resumes)")
     p.add_argument("--algorithms", type=lambda t: t.split(","), default=["reptile", "fomaml", "maml"])
-    p.add_argument("--seconds-per-algorithm", type=float, default=600.0, help="equal meta-training compute budget")
+    p.add_argument("--seconds-per-algorithm", type=float, default=600.0,
+                   help="equal meta-training wall time, counted after each run's first (compiling) step")
     p.add_argument("--meta-steps", type=_positive_int, default=10 ** 6, help="step cap per algorithm")
     p.add_argument("--persons", type=_positive_int, default=8, help="held-out persons")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="personalisation batch")

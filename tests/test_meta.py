@@ -7,8 +7,9 @@ import optax
 from jax.flatten_util import ravel_pytree
 import pytest
 
-from metaportrait_jax.meta.adapt import adapt
-from metaportrait_jax.meta.algorithms import meta_batch_gradient, task_meta_gradient
+from metaportrait_jax.meta.adapt import adapt, inner_step
+from metaportrait_jax.meta.algorithms import (inner_step_vjp, maml_gradient_by_inner_steps, meta_batch_gradient,
+                                              query_value_and_cotangent, task_meta_gradient)
 
 
 def _mlp_loss(params, batch):
@@ -48,6 +49,15 @@ def test_maml_meta_gradient_matches_finite_differences(inner):
         analytic = np.asarray(ravel_pytree(grad)[0])
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(np.asarray(ravel_pytree(grad_remat)[0]), analytic, rtol=1e-12)
+        # one inner step at a time, each piece its own compiled program: the same gradient and metrics
+        stepwise, stepwise_metrics = maml_gradient_by_inner_steps(
+            jax.jit(lambda p, s: inner_step(_mlp_loss, optimizer, p, s, task["support"])),
+            jax.jit(lambda p, s: query_value_and_cotangent(_mlp_loss, p, s, task["query"])),
+            jax.jit(lambda p, s, c: inner_step_vjp(_mlp_loss, optimizer, p, s, task["support"], c)),
+            params, optimizer.init(params), 3)
+        np.testing.assert_allclose(np.asarray(ravel_pytree(stepwise)[0]), analytic, rtol=1e-12)
+        for key, value in metrics.items():
+            assert float(stepwise_metrics[key]) == pytest.approx(float(value), rel=1e-12), key
         # the first-order estimate differs here: the MLP's loss has curvature
         first_order, _ = task_meta_gradient("fomaml", _mlp_loss, params, task, 3, optimizer)
         assert np.max(np.abs(np.asarray(ravel_pytree(first_order)[0]) - analytic)) > 1e-3
@@ -82,12 +92,14 @@ def test_reptile_with_one_sgd_step_is_lr_times_the_support_gradient():
     assert float(metrics["support_loss_before"]) == pytest.approx(float(_mlp_loss(params, task["support"])))
 
 
-def test_meta_batch_gradient_is_the_mean_over_tasks():
+@pytest.mark.parametrize("task_batching", ["vmap", "map"])
+def test_meta_batch_gradient_is_the_mean_over_tasks(task_batching):
     params = _mlp_params(jnp.float32)
     tasks = [_mlp_task(s, jnp.float32) for s in (3, 4, 5)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *tasks)
     optimizer = optax.adam(0.01)
-    batch, metrics = meta_batch_gradient("fomaml", _mlp_loss, params, stacked, 2, optimizer)
+    batch, metrics = meta_batch_gradient("fomaml", _mlp_loss, params, stacked, 2, optimizer,
+                                         task_batching=task_batching)
     each = [task_meta_gradient("fomaml", _mlp_loss, params, t, 2, optimizer) for t in tasks]
     for leaf, *per_task in zip(jax.tree.leaves(batch), *(jax.tree.leaves(g) for g, _ in each)):
         np.testing.assert_allclose(leaf, np.mean(per_task, axis=0), rtol=1e-5, atol=1e-7)
@@ -102,3 +114,6 @@ def test_adaptation_lowers_the_support_loss_and_rejects_bad_arguments():
         adapt(_mlp_loss, params, task["support"], 0, optax.sgd(0.1))
     with pytest.raises(ValueError, match="meta algorithm must be one of"):
         task_meta_gradient("maml2", _mlp_loss, params, task, 1, optax.sgd(0.1))
+    with pytest.raises(ValueError, match="task_batching must be one of"):
+        meta_batch_gradient("fomaml", _mlp_loss, params, jax.tree.map(lambda x: x[None], task), 1, optax.sgd(0.1),
+                            task_batching="pmap")

@@ -33,17 +33,23 @@ def adapt(loss_fn: LossFn, params: Params, support: Batch, steps: int,
     if steps < 1:
         raise ValueError(f"adapt: steps must be at least 1, got {steps}")
 
-    def inner_step(carry, _):
-        current, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(current, support)
-        updates, opt_state = inner_optimizer.update(grads, opt_state, current)
-        return (optax.apply_updates(current, updates), opt_state), loss
+    def scan_body(carry, _):
+        current, opt_state, loss = inner_step(loss_fn, inner_optimizer, *carry, support)
+        return (current, opt_state), loss
 
     if remat:
-        inner_step = jax.checkpoint(inner_step)
-    (adapted, _), losses = jax.lax.scan(inner_step, (params, inner_optimizer.init(params)), None, length=steps,
+        scan_body = jax.checkpoint(scan_body)
+    (adapted, _), losses = jax.lax.scan(scan_body, (params, inner_optimizer.init(params)), None, length=steps,
                                         unroll=unroll)
     return adapted, losses
+
+
+def inner_step(loss_fn: LossFn, inner_optimizer: optax.GradientTransformation, params: Params, opt_state: Any,
+               support: Batch) -> tuple[Params, Any, jax.Array]:
+    """One optimiser step on `support`: (new params, new optimiser state, the support loss before the step)."""
+    loss, grads = jax.value_and_grad(loss_fn)(params, support)
+    updates, opt_state = inner_optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def tree_mean(tree: Params, axis: int = 0) -> Params:

@@ -42,7 +42,7 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
         image_every=100,
         checkpoint_every=100,
         keep_checkpoints=3,
-        max_seconds=0.0,              # > 0: stop (after saving) once this much wall time has passed
+        max_seconds=0.0,              # > 0: stop (after saving) this long after the first (compiling) step
     ))
 
 
@@ -86,12 +86,14 @@ def meta_defaults(variant: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         algorithm="reptile",          # "reptile" (official) | "fomaml" | "maml" (second order)
         tasks=1 if official else 4,   # tasks per meta-batch (split over the mesh's devices)
+        task_batching="vmap",         # a device's tasks: "vmap" (one batched program) | "map" (one after another)
         support=1 if official else 4,
         query=1 if official else 4,   # unused by reptile
         episode_sampling="official" if official else "clips",
         inner_steps=2,
         inner_learning_rate=2e-4,     # warping network ×train.warp_lr_scale, like pretraining
-        remat=False,                  # jax.checkpoint per inner step (maml: memory of one step)
+        maml_programs="per_inner_step",  # maml: "per_inner_step" (small programs) | "one" (jax.grad through adapt)
+        remat=False,                  # maml_programs="one": jax.checkpoint per inner step (memory of one step)
     ))
 
 
@@ -160,7 +162,7 @@ def temporal_sr_config(variant: str) -> ml_collections.ConfigDict:
         loss=dict(pixel=0.1, perceptual=1.0, style=50.0, layer_weights=(0.1, 0.1, 1.0, 1.0, 1.0),
                   range_norm=True),   # official quirk: the VGG sees (x + 1) / 2 of images already in [0, 1]
         fsdp=1,
-        max_seconds=0.0,              # > 0: stop (after saving) once this much wall time has passed
+        max_seconds=0.0,              # > 0: stop (after saving) this long after the first (compiling) step
         log_every=10,
         image_every=100,
         checkpoint_every=500,

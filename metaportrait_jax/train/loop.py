@@ -10,6 +10,7 @@ above `train/`. Work directory:
                              temporal SR trainer: input | target | prediction)
 """
 
+import functools
 import json
 import os
 import signal
@@ -25,7 +26,8 @@ from jax.experimental import multihost_utils
 
 from metaportrait_jax.config import save_config
 from metaportrait_jax.train.distributed import describe_topology
-from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, replicated, tree_sharding
+from metaportrait_jax.train.sharding import (batch_sharding, global_batch, jit_step, make_mesh, replicated,
+                                            tree_sharding)
 
 
 class BatchIterator(Protocol):
@@ -125,7 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     the state. A fresh state is `trainer.start(trainer.init_state(rng, *init_args))` (arguments, not constants
     closed over, so large pretrained weights do not slow compilation).
 
-    Stops early, after saving, on SIGTERM/SIGINT or once `config.train.max_seconds` (if > 0) have passed.
+    Stops early, after saving, on SIGTERM/SIGINT or once `config.train.max_seconds` (if > 0) have passed after
+    this run's first step (which compiles: the budget is for training, whatever the compiler's speed).
     Returns (state, done): done unless a signal stopped it.
     """
     train = config.train
@@ -137,8 +140,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         print(describe_topology(mesh), flush=True)
     abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
     state_sharding = tree_sharding(abstract, mesh)
-    compiled_step = jax.jit(trainer.step, in_shardings=(state_sharding, batch_sharding(mesh)),
-                            out_shardings=(state_sharding, replicated(mesh)), donate_argnums=0)
+    # a trainer may compose its step of several programs (`MetaTrainer`: MAML one inner step at a time)
+    compile_step = getattr(trainer, "compile_step", functools.partial(jit_step, trainer.step))
+    compiled_step = compile_step(state_sharding, batch_sharding(mesh), replicated(mesh))
 
     def step_fn(state, batch):
         with jax.set_mesh(mesh):  # traced under the mesh: a step may place values by axis name
@@ -180,11 +184,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     preempted = False
     with Preemption() as preemption:
         tic = began = time.perf_counter()
+        budget_began = None  # the time budget starts after the first step, which compiles
         for step in range(start + 1, train.steps + 1):
             batch = global_batch(next(batches), mesh)
             state, metrics = step_fn(state, batch)
+            budget_began = budget_began or time.perf_counter()
             preempted, out_of_time = any_process(preemption.requested,
-                                                  0 < train.max_seconds <= time.perf_counter() - began)
+                                                  0 < train.max_seconds <= time.perf_counter() - budget_began)
             if step % train.checkpoint_every == 0 or step == train.steps or preempted or out_of_time:
                 save(step, force=True)
             if step % train.log_every == 0 or step == train.steps:

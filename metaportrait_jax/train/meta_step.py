@@ -10,10 +10,17 @@ norm is folded into plain weights (the official `--remove_sn`), so the adapted p
 Unlike the official code, every parameter is updated (its outer Adam misses the 25 re-created weights, spec §10).
 
 Tasks arrive as the episodes pipeline builds them, `{"support": [N, S, ...], "query": [N, Q, ...]}`; under `jit`
-and `jax.set_mesh` with the task axis split over the mesh, each device adapts its own tasks (`shard_map`, `vmap`
-over its tasks) and the mean meta-gradient is a cross-device reduction (`train.gradient_reduction`).
+and `jax.set_mesh` with the task axis split over the mesh, each device adapts its own tasks (`shard_map`; `vmap` or
+`lax.map` over them, `meta.task_batching`) and the mean meta-gradient is a cross-device reduction
+(`train.gradient_reduction`).
+
+`maml` with `meta.maml_programs="per_inner_step"` (the default) is not one program: `compile_step` composes those of
+`maml_gradient_by_inner_steps` (an inner step, the query gradient, one inner step's vector-Jacobian product) and one
+for the mean and the outer update. At `tiny` the one-program step (`"one"`) is 156k StableHLO ops and XLA:CPU's
+compile passed 20 GB resident; the largest piece here, the vector-Jacobian product, is 62k ops and compiles in 7.3 GB.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -24,8 +31,11 @@ import ml_collections
 import optax
 
 from metaportrait_jax.config import ConfigError
-from metaportrait_jax.meta.algorithms import ALGORITHMS, meta_batch_gradient
-from metaportrait_jax.train.sharding import per_device
+from metaportrait_jax.meta.adapt import inner_step, tree_mean
+from metaportrait_jax.meta.algorithms import (ALGORITHMS, TASK_BATCHING, inner_step_vjp,
+                                              maml_gradient_by_inner_steps, meta_batch_gradient, over_tasks,
+                                              query_value_and_cotangent)
+from metaportrait_jax.train.sharding import jit_step, per_device
 from metaportrait_jax.train.step import Trainer, make_optimizers
 
 
@@ -49,6 +59,9 @@ def inner_optimizer(config: ml_collections.ConfigDict, generator_params: dict[st
     return make_optimizers(train, "full", generator_params)[0]
 
 
+MAML_PROGRAMS = ("per_inner_step", "one")
+
+
 def check_meta_config(config: ml_collections.ConfigDict) -> None:
     meta = config.meta
     if meta.algorithm not in ALGORITHMS:
@@ -58,6 +71,10 @@ def check_meta_config(config: ml_collections.ConfigDict) -> None:
     if config.train.loss.generator_gan:
         raise ConfigError(f"meta-training has no discriminator: train.loss.generator_gan must be 0, got "
                           f"{config.train.loss.generator_gan}")
+    if meta.maml_programs not in MAML_PROGRAMS:
+        raise ConfigError(f"meta.maml_programs must be one of {MAML_PROGRAMS}, got {meta.maml_programs!r}")
+    if meta.task_batching not in TASK_BATCHING:
+        raise ConfigError(f"meta.task_batching must be one of {TASK_BATCHING}, got {meta.task_batching!r}")
     if meta.inner_steps < 1:
         raise ConfigError(f"meta.inner_steps must be at least 1, got {meta.inner_steps}")
     if meta.algorithm == "maml" and config.train.adam_eps_root <= 0:
@@ -105,11 +122,18 @@ class MetaTrainer:
             return meta_batch_gradient(
                 self.meta.algorithm, lambda p, batch: self.task_loss(p, state, batch), params,
                 {"support": tasks["support"], "query": tasks["query"]}, self.meta.inner_steps, self.inner_tx,
-                remat=self.meta.remat), (), ()
+                remat=self.meta.remat, task_batching=self.meta.task_batching), (), ()
 
         # Each device adapts its own tasks in a shard_map: left to XLA's partitioner, a vmapped generator gradient
         # over a device-split axis came out wrong on 8 fake CPU devices (dense-motion gradient norm 1845, not 2702).
         grads, metrics = per_device(meta_gradient, (params, state), tasks, self.losses.fixed_order)[0]
+        return self.apply_meta_gradient(state, grads, metrics)
+
+    def apply_meta_gradient(self, state: MetaState, grads: dict[str, Any], metrics: dict[str, jax.Array]
+                            ) -> tuple[MetaState, dict[str, jax.Array]]:
+        """The outer update from the mean meta-gradient; a step whose gradient or metrics are not finite is
+        skipped (and counted)."""
+        params = state.generator["params"]
         updates, opt = self.outer_tx.update(grads, state.generator_opt, params)
         candidate = state.replace(generator={"params": optax.apply_updates(params, updates)}, generator_opt=opt)
         grad_norm = optax.tree.norm(grads)
@@ -118,6 +142,55 @@ class MetaTrainer:
         new_state = new_state.replace(step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32))
         metrics.update(meta_grad_norm=grad_norm, skipped=new_state.skipped, finite=finite.astype(jnp.float32))
         return new_state, metrics
+
+    def compile_step(self, state_sharding=None, tasks_sharding=None, metrics_sharding=None):
+        """The meta-step to call under the mesh (`jax.set_mesh`): `jit_step(self.step)`, or for `maml` with
+        `meta.maml_programs="per_inner_step"` the programs of `maml_by_inner_steps` and then one for the mean and
+        the outer update (state donated). Shardings as `jit_step`'s."""
+        if not (self.meta.algorithm == "maml" and self.meta.maml_programs == "per_inner_step"):
+            return jit_step(self.step, state_sharding, tasks_sharding, metrics_sharding)
+        meta_gradients = self.maml_by_inner_steps()
+
+        def finish(state, grad_rows, metric_rows):
+            means = per_device(lambda _, rows: (tree_mean(rows), (), ()), (), (grad_rows, metric_rows),
+                               self.losses.fixed_order)[0]
+            return self.apply_meta_gradient(state, *means)
+
+        finish = jit_step(finish, state_sharding, None, metrics_sharding)
+        return lambda state, tasks: finish(state, *meta_gradients(state, tasks))
+
+    def maml_by_inner_steps(self) -> Callable:
+        """`(state, tasks) -> (meta-gradient rows, metric rows)`, one row per task `[N, ...]`: MAML's gradient by
+        `maml_gradient_by_inner_steps`, each piece a program in which every device runs its own tasks
+        (`meta.task_batching`)."""
+
+        def task_loss(state):
+            return lambda p, batch: self.task_loss(p, state, batch)
+
+        def per_task(fn):
+            def rows(state, *values):
+                return per_device(lambda shared, own: (
+                    (), over_tasks(lambda *v: fn(shared, *v), self.meta.task_batching)(*own), ()), state, values,
+                    False)[1]
+            return jax.jit(rows)
+
+        start = per_task(lambda state, _: (state.generator["params"], self.inner_tx.init(state.generator["params"])))
+        forward = per_task(lambda state, theta, opt, support: inner_step(task_loss(state), self.inner_tx, theta,
+                                                                         opt, support))
+        query = per_task(lambda state, theta, opt, batch: query_value_and_cotangent(task_loss(state), theta, opt,
+                                                                                    batch))
+        backward = per_task(lambda state, theta, opt, support, cotangent: inner_step_vjp(
+            task_loss(state), self.inner_tx, theta, opt, support, cotangent))
+
+        def meta_gradients(state: MetaState, tasks: dict[str, Any]):
+            support = tasks["support"]
+            return maml_gradient_by_inner_steps(
+                lambda theta, opt: forward(state, theta, opt, support),
+                lambda theta, opt: query(state, theta, opt, tasks["query"]),
+                lambda theta, opt, cotangent: backward(state, theta, opt, support, cotangent),
+                *start(state, jax.tree.leaves(support)[0]), self.meta.inner_steps)
+
+        return meta_gradients
 
     def preview(self, state: MetaState, tasks: dict[str, Any], rows: int = 4):
         """The meta-parameters' outputs on the first task's query pairs."""

@@ -64,6 +64,15 @@ def gathered(tree):
     return tree if jax.sharding.get_abstract_mesh().empty else jax.lax.with_sharding_constraint(tree, PartitionSpec())
 
 
+def jit_step(step, state_sharding=None, batch_sharding=None, metrics_sharding=None):
+    """`step(state, batch, ...) -> (state, metrics)` as one program with the state donated (shardings as given,
+    else inferred; `batch_sharding` may be None: as its value comes)."""
+    if state_sharding is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, metrics_sharding),
+                   **({} if batch_sharding is None else dict(in_shardings=(state_sharding, batch_sharding))))
+
+
 def per_device(fn: Callable, shared, batch, fixed_order: bool):
     """`fn(shared, rows) -> (means, per_row, common)` run on each batch device's own rows of `batch` (`shard_map`
     over the mesh set by `jax.set_mesh`); returns (`means` averaged over the devices, `per_row` of all rows,
