@@ -472,8 +472,12 @@ def cmd_benchmark(args, overrides):
                                             f"train.max_seconds={float(args.seconds_per_algorithm)}",
                                             *(["train.adam_eps_root=1e-16"] if algorithm == "maml" else []),
                                             *overrides])
-        print(f"meta-training {algorithm} for {args.seconds_per_algorithm} s (at most {args.meta_steps} steps)")
-        export = train_from_config(config, os.path.join(workdir, algorithm), progress=not args.no_progress)
+        export = os.path.join(workdir, algorithm, "export")
+        if os.path.exists(os.path.join(export, "config.json")):  # finished by an earlier run of this command
+            print(f"meta-trained {algorithm}: {export}")
+        else:
+            print(f"meta-training {algorithm} for {args.seconds_per_algorithm} s (at most {args.meta_steps} steps)")
+            export = train_from_config(config, os.path.join(workdir, algorithm), progress=not args.no_progress)
         if export is None:
             print(f"stopped early; rerun the same command to resume from {workdir}")
             return

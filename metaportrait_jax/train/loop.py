@@ -184,6 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     preempted = False
     with Preemption() as preemption:
         tic = began = time.perf_counter()
+        logged = start
         budget_began = None  # the time budget starts after the first step, which compiles
         for step in range(start + 1, train.steps + 1):
             batch = global_batch(next(batches), mesh)
@@ -193,11 +194,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
                                                   0 < train.max_seconds <= time.perf_counter() - budget_began)
             if step % train.checkpoint_every == 0 or step == train.steps or preempted or out_of_time:
                 save(step, force=True)
-            if step % train.log_every == 0 or step == train.steps:
+            if step % train.log_every == 0 or step == train.steps or preempted or out_of_time:
                 values = {k: float(host_value(v)) for k, v in metrics.items()}
-                values["steps_per_second"] = train.log_every / (time.perf_counter() - tic)
+                values["steps_per_second"] = (step - logged) / (time.perf_counter() - tic)
                 values["elapsed_seconds"] = time.perf_counter() - began  # this run's wall time, compile included
-                tic = time.perf_counter()
+                tic, logged = time.perf_counter(), step
                 log.scalars(step, values)
                 if bar is not None:
                     bar.set_postfix(loss=f"{values[trainer.progress_metric]:.4f}",
