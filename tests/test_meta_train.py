@@ -48,55 +48,56 @@ def _tasks(synthetic, count: int):
     return [next(iterator) for _ in range(count)]
 
 
+def _as_float64(tree):
+    return jax.tree.map(lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x, tree)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm, task_batching", [
-    ("reptile", "vmap"),
-    # lax.map runs each task alone, yet its loop body still rounds differently from one task per device: measured
-    # 1658.583 vs 1658.610 (1.6e-5), against 1e-3 with vmap below.
-    pytest.param("fomaml", "map", marks=pytest.mark.xfail(strict=True, reason=(
-        "lax.map's 8-task loop rounds differently from 1 task per device; magnified to 1.6e-5"))),
-    # vmap batches a device's tasks into one program, which rounds differently from one task per device, and at
-    # this random-init generator the query gradient jumps at round-off level (ReLU inputs near 0 flip): the
-    # 8-device meta-gradient norm is 1658.6, the 1-device vmapped one 1660.2, while each of the 8 tasks computed
-    # alone and averaged gives 1658.6 and the vmapped program fed the same adapted weights agrees with them to 6e-7.
-    pytest.param("fomaml", "vmap", marks=pytest.mark.xfail(strict=True, reason=(
-        "vmap over 8 tasks rounds differently from 1 task per device; the random-init generator's query gradient "
-        "magnifies it to 1e-3"))),
-])
+    ("reptile", "vmap"), ("fomaml", "vmap"), ("fomaml", "map"), ("maml", "map")])
 def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, algorithm, task_batching):
+    # In float64. In float32 the two layouts (8 tasks batched on one device, one task per device) round differently,
+    # and at this random-init generator the query gradient jumps with round-off-sized changes of the adapted
+    # weights: FOMAML's meta-gradient norms came 1e-3 apart (vmap; 1.6e-5 with lax.map), though each of the 8 tasks
+    # computed alone and averaged gave the 8-device value and the vmapped program fed the same adapted weights
+    # agreed with it to 6e-7. Float64 leaves that magnification ~1e-16 round-off to work on, so what is compared is
+    # the sharding: which task each device gets and how the meta-gradient is averaged.
     # Adam moves a weight by about ±lr on its first steps whatever its gradient's size (Reptile normalises twice:
-    # inner and outer Adam), so a weight whose gradient is round-off alone, summed in another order on 8 devices,
-    # steps the other way: with eps_root=1e-16, 4 % of the weights did after 2 reptile steps. eps_root=1e-6 keeps
-    # Adam from blowing gradients below ~1e-3 up to ±lr; what is left is the sharded program's own round-off.
+    # inner and outer Adam), so a weight whose gradient is round-off alone steps either way; eps_root=1e-6 keeps
+    # Adam from blowing gradients below ~1e-3 up to ±lr.
+    pairs = 1 if algorithm == "maml" else 2  # MAML's 8 float64 tasks of 2 + 2 pairs would crowd 24 GB
     config = _meta_config("meta.tasks=8", f"meta.algorithm={algorithm!r}", f"meta.task_batching={task_batching!r}",
-                          "train.adam_eps_root=1e-6")
-    trainer = MetaTrainer(config, perceptual[0])
-    tasks = _tasks(synthetic, 2)
+                          "train.adam_eps_root=1e-6", "train.compute_dtype='float64'", f"meta.support={pairs}",
+                          f"meta.query={pairs}")
     results = []
-    for mesh in (make_mesh(devices=jax.devices()[:1]), make_mesh()):
-        abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual[1])
-        sharding = tree_sharding(abstract, mesh)
-        state = jax.jit(trainer.init_state, out_shardings=sharding)(jax.random.key(0), perceptual[1])
-        start = jax.device_get(state.generator["params"])
-        step = trainer.compile_step(sharding, batch_sharding(mesh), None)
-        history = []
-        for batch in tasks:
-            with jax.set_mesh(mesh):  # as train.loop runs it: each device adapts its own tasks
-                state, metrics = step(state, global_batch(batch, mesh))
-            history.append({k: float(v) for k, v in metrics.items()})
-        results.append((jax.device_get(state.generator["params"]), history))
+    with jax.enable_x64(True):
+        trainer = MetaTrainer(config, perceptual[0])
+        tasks = [dict(task, support=jax.tree.map(lambda x: x[:, :pairs], task["support"]),
+                      query=jax.tree.map(lambda x: x[:, :pairs], task["query"]))
+                 for task in _as_float64(_tasks(synthetic, 2))]
+        for mesh in (make_mesh(devices=jax.devices()[:1]), make_mesh()):
+            def init(rng):
+                return _as_float64(trainer.init_state(rng, perceptual[1]))
+
+            sharding = tree_sharding(jax.eval_shape(init, jax.random.key(0)), mesh)
+            state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))
+            start = jax.device_get(state.generator["params"])
+            step = trainer.compile_step(sharding, batch_sharding(mesh), None)
+            history = []
+            for batch in tasks:
+                with jax.set_mesh(mesh):  # as train.loop runs it: each device adapts its own tasks
+                    state, metrics = step(state, global_batch(batch, mesh))
+                history.append({k: float(v) for k, v in metrics.items()})
+            results.append((jax.device_get(state.generator["params"]), history))
     (one, one_history), (eight, eight_history) = results
     assert len(jax.devices()) == 8
+    assert all(x.dtype == np.float64 for x in jax.tree.leaves(one) + jax.tree.leaves(eight))
     for a, b in zip(one_history, eight_history):
         for key in ("support_loss_before", "support_loss_after_inner", "meta_grad_norm"):
-            assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a[key], b[key])
+            assert abs(a[key] - b[key]) <= 1e-9 * abs(a[key]), (key, a[key], b[key])
     assert one_history[0]["finite"] == 1.0 and eight_history[-1]["skipped"] == 0
-    lr = config.train.learning_rate
-    for (path, a), b, s in zip(jax.tree_util.tree_flatten_with_path(one)[0], jax.tree.leaves(eight),
-                               jax.tree.leaves(start)):
-        # to 1e-5 of the weight or a 20th of Adam's largest step (weights whose gradient is round-off, e.g. biases
-        # right before a norm layer, differ by round-off of a tiny step)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=0.05 * lr, err_msg=jax.tree_util.keystr(path))
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(one)[0], jax.tree.leaves(eight)):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=jax.tree_util.keystr(path))
     assert any(np.any(a != s) for a, s in zip(jax.tree.leaves(one), jax.tree.leaves(start)))  # the steps moved it
 
 

@@ -79,21 +79,25 @@ def test_official_zero_flow_is_not_identity_but_aligned_is():
         np.testing.assert_allclose(out, image, atol=1e-5)
 
 
-def test_official_warp_matches_torch_deform_input():
+@pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+def test_official_warp_matches_torch_deform_input(dtype, atol):
+    # float64 end to end (the sampling grid included): what the float64 meta-step comparisons rely on
     rng = np.random.default_rng(4)
-    image = rng.normal(size=(2, 32, 32, 4)).astype(np.float32)
-    flow = (0.1 * rng.normal(size=(2, 8, 8, 2))).astype(np.float32)
-    ours = warp.warp_with_flow(jnp.asarray(image), jnp.asarray(flow), "official")
+    image = rng.normal(size=(2, 32, 32, 4)).astype(dtype)
+    flow = (0.1 * rng.normal(size=(2, 8, 8, 2))).astype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        ours = warp.warp_with_flow(jnp.asarray(image), jnp.asarray(flow), "official")
+        assert ours.dtype == dtype
     # The official deform_input: deformation (NHWC grid) -> NCHW, bilinear resize, back, grid_sample.
     h = 8
-    lin = torch.arange(h, dtype=torch.float32)
+    lin = torch.arange(h, dtype=getattr(torch, np.dtype(dtype).name))
     gx = (2 * lin / (h - 1) - 1).view(1, -1).repeat(h, 1)
     gy = (2 * lin / (h - 1) - 1).view(-1, 1).repeat(1, h)
     deformation = torch.stack([gx, gy], -1)[None] + torch.from_numpy(flow)
     deformation = F.interpolate(deformation.permute(0, 3, 1, 2), size=(32, 32), mode="bilinear")
     ref = F.grid_sample(to_torch(image), deformation.permute(0, 2, 3, 1), padding_mode="reflection",
                         align_corners=False)
-    np.testing.assert_allclose(ours, from_torch(ref), atol=1e-4)
+    np.testing.assert_allclose(ours, from_torch(ref), atol=atol)
 
 
 def test_flow_normalisation_conventions():

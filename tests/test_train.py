@@ -119,6 +119,15 @@ def test_fixed_order_reduction_sums_gathered_gradients_without_an_all_reduce(syn
         Trainer(_config("warp", "train.gradient_reduction=psum"), perceptual[0])
 
 
+def test_compute_dtype_errors_name_the_field(perceptual):
+    with pytest.raises(ConfigError, match="train.compute_dtype must be one of .* got 'float16'"):
+        Trainer(_config("warp", "train.compute_dtype='float16'"), perceptual[0])
+    with pytest.raises(ConfigError, match="needs JAX_ENABLE_X64=1"):
+        Trainer(_config("warp", "train.compute_dtype='float64'"), perceptual[0])
+    with jax.enable_x64(True):
+        assert Trainer(_config("warp", "train.compute_dtype='float64'"), perceptual[0]).loss_dtype == jnp.float64
+
+
 def test_full_stage_takes_the_warp_networks_from_a_warp_checkpoint(synthetic, perceptual, tmp_path):
     warp = _config("warp")
     trainer = Trainer(warp, perceptual[0])

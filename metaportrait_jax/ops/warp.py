@@ -113,12 +113,19 @@ def pixel_flow_to_normalized(flow_px: jax.Array, convention: str) -> jax.Array:
     return flow_px * scale
 
 
+def grid_dtype(flow: jax.Array) -> jnp.dtype:
+    """float32, or float64 for a float64 flow."""
+    return jnp.promote_types(flow.dtype, jnp.float32)
+
+
 def deformation_from_flow(flow: jax.Array, convention: str) -> jax.Array:
-    """`[B, h, w, 2]`: the sampling grid = base grid of the convention + flow (base grid always float32)."""
+    """`[B, h, w, 2]`: the sampling grid = base grid of the convention + flow, in at least float32 (a bf16 grid
+    would be off by up to a pixel at 256²)."""
     _check_convention(convention)
     h, w = flow.shape[1], flow.shape[2]
-    base = make_coordinate_grid(h, w) if convention == "official" else make_pixel_center_grid(h, w)
-    return base[None] + flow.astype(jnp.float32)
+    dtype = grid_dtype(flow)
+    base = make_coordinate_grid(h, w, dtype) if convention == "official" else make_pixel_center_grid(h, w, dtype)
+    return base[None] + flow.astype(dtype)
 
 
 def warp_with_flow(image: jax.Array, flow: jax.Array, convention: str) -> jax.Array:
@@ -132,5 +139,6 @@ def warp_with_flow(image: jax.Array, flow: jax.Array, convention: str) -> jax.Ar
     else:
         if flow.shape[1:3] != (height, width):
             flow = resize_bilinear(flow, (height, width))
-        grid = make_pixel_center_grid(height, width)[None] + flow.astype(jnp.float32)
+        dtype = grid_dtype(flow)
+        grid = make_pixel_center_grid(height, width, dtype)[None] + flow.astype(dtype)
     return grid_sample(image, grid.astype(image.dtype), align_corners=False, padding_mode="reflection")

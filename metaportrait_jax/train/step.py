@@ -10,7 +10,8 @@ What the official trainer does, and where we differ (spec §3):
   one is commented out and its encoder is private);
 - a step whose loss is not finite changes nothing but the `skipped` counter;
 - `compute_dtype='bfloat16'` runs the networks in bf16 with fp32 parameters, optimiser and losses (the official
-  fp16 autocast needs a loss scaler; bf16 does not).
+  fp16 autocast needs a loss scaler; bf16 does not); `'float64'` (with `JAX_ENABLE_X64`, parameters cast to float64
+  by the caller) runs networks and losses in float64, for checks that float32 round-off would blur.
 """
 
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from metaportrait_jax.train.sharding import GRADIENT_REDUCTIONS, batch_devices, 
 
 WARP_MODULES = ("ladder_network", "dense_motion_network")
 STAGES = ("warp", "full")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
 GRADIENT_LIMIT = 1e5  # official nan_to_num(posinf=1e5, neginf=-1e5)
 
 
@@ -113,7 +115,12 @@ class Trainer:
         self.generator = Generator(config.model)
         self.discriminator = Discriminator(config.model)
         self.perceptual_network = perceptual_network
+        if self.train.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {self.train.compute_dtype!r}")
+        if self.train.compute_dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ConfigError("train.compute_dtype='float64' needs JAX_ENABLE_X64=1 (else JAX computes in float32)")
         self.compute_dtype = jnp.dtype(self.train.compute_dtype)
+        self.loss_dtype = jnp.promote_types(self.compute_dtype, jnp.float32)
         self.use_gan = self.stage == "full" and self.train.loss.generator_gan > 0
         abstract = jax.eval_shape(self.init_models, jax.random.key(0))
         self.generator_tx, self.discriminator_tx = make_optimizers(self.train, self.stage,
@@ -142,14 +149,14 @@ class Trainer:
     def _features(self, perceptual: dict[str, Any]) -> Callable[[jax.Array], list[jax.Array]]:
         def features(images: jax.Array) -> list[jax.Array]:
             out = self.perceptual_network.apply(_cast(perceptual, self.compute_dtype), images.astype(self.compute_dtype))
-            return [f.astype(jnp.float32) for f in out]
+            return [f.astype(self.loss_dtype) for f in out]
 
         return features
 
     def _discriminate(self, params: dict[str, Any], images: jax.Array):
         features, logits = self.discriminator.apply({"params": _cast(params, self.compute_dtype)},
                                                     images.astype(self.compute_dtype))
-        return [f.astype(jnp.float32) for f in features], logits.astype(jnp.float32)
+        return [f.astype(self.loss_dtype) for f in features], logits.astype(self.loss_dtype)
 
     def generator_losses(self, params, state: TrainState, batch: dict[str, jax.Array],
                          mask_sums: dict[str, jax.Array] | None = None):
@@ -160,7 +167,7 @@ class Trainer:
         inputs = _cast({k: batch[k] for k in BATCH_KEYS}, self.compute_dtype)
         variables = {**state.generator, "params": _cast(params, self.compute_dtype)}
         out, mutated = self.generator.apply(variables, inputs, stage=self.stage, train=True, mutable=["spectral"])
-        out = _cast(out, jnp.float32)
+        out = _cast(out, self.loss_dtype)
         features = self._features(state.perceptual)
         driving, scales = batch["driving"], tuple(self.train.pyramid_scales)
         named = {"warp_perceptual": L.perceptual_loss(features, out["deformed"], driving, scales, w.warp_perceptual)}
@@ -176,7 +183,7 @@ class Trainer:
             if w.identity:
                 embedding = self.identity_encoder.apply(_cast(state.identity, self.compute_dtype),
                                                         prediction.astype(self.compute_dtype))
-                named["identity"] = w.identity * L.identity_loss(embedding.astype(jnp.float32), batch["source_id"])
+                named["identity"] = w.identity * L.identity_loss(embedding.astype(self.loss_dtype), batch["source_id"])
             if self.use_gan:
                 d_params = state.discriminator["params"]
                 real_features, _ = self._discriminate(d_params, driving)
