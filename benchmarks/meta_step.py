@@ -9,6 +9,11 @@ variant's support and query sets (official_256: 1 support + 1 query pair; tiny: 
 weights, fp32. MAML runs one inner step per program
 (`meta.maml_programs="per_inner_step"`); `--maml-programs per_inner_step,one` adds the one-program step (with
 `meta.remat=True`), whose compile outgrows a 24 GB machine at `tiny`.
+
+  python benchmarks/meta_step.py --maml-backward-memory official_256
+
+compiles (only) MAML's largest program, the vector-Jacobian product of one inner step, ahead of time and prints XLA's
+buffer estimate: what a MAML meta-step needs where running it does not fit.
 """
 
 import argparse
@@ -67,14 +72,54 @@ def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
+def maml_backward_memory(variant: str) -> dict:
+    import jax
+    import numpy as np
+
+    from metaportrait_jax.config import load_config
+    from metaportrait_jax.convert.vgg import perceptual_features
+    from metaportrait_jax.meta.algorithms import float_leaves, inner_step_vjp
+    from metaportrait_jax.models.generator import dummy_batch
+    from metaportrait_jax.train.meta_step import MetaTrainer
+
+    config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"),
+                         ["meta.algorithm='maml'", "meta.tasks=1", "train.adam_eps_root=1e-16"])
+    network, vgg = perceptual_features("lpips_vgg16")
+    trainer = MetaTrainer(config, network)
+    state = jax.eval_shape(trainer.init_state, jax.random.key(0), {"params": vgg})
+    size, count = config.model.image_size, config.meta.support
+    support = dict(jax.eval_shape(lambda: dummy_batch(config.model, count)),
+                   driving=jax.ShapeDtypeStruct((count, size, size, 3), np.float32),
+                   eye_mask=jax.ShapeDtypeStruct((count, size, size, 1), np.float32))
+    params = state.generator["params"]
+    opt_state = jax.eval_shape(trainer.inner_tx.init, params)
+
+    def backward(state, theta, opt_state, support, cotangent):
+        return inner_step_vjp(lambda p, batch: trainer.task_loss(p, state, batch), trainer.inner_tx, theta,
+                              opt_state, support, cotangent)
+
+    tic = time.perf_counter()
+    compiled = jax.jit(backward).lower(state, params, opt_state, support, (params, float_leaves(opt_state))).compile()
+    memory = compiled.memory_analysis()
+    return {"variant": variant, "compile_seconds": time.perf_counter() - tic,
+            **{f"xla_{kind}_gib": getattr(memory, f"{kind}_size_in_bytes") / 2 ** 30
+               for kind in ("argument", "output", "temp")},
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", default="tiny,official_256")
     parser.add_argument("--algorithms", default="reptile,fomaml,maml")
     parser.add_argument("--maml-programs", default="per_inner_step")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--maml-backward-memory", metavar="VARIANT",
+                        help="only compile MAML's VJP of one inner step at VARIANT and print XLA's buffer estimate")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # variant:algorithm:programs, run in a child process
     args = parser.parse_args()
+    if args.maml_backward_memory:
+        print(json.dumps(maml_backward_memory(args.maml_backward_memory)))
+        return
     if args.one:
         variant, algorithm, programs = args.one.split(":")
         print(json.dumps(measure(variant, algorithm, programs, args.repeats)))

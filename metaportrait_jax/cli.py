@@ -289,10 +289,13 @@ def train_from_config(config, workdir: str, progress: bool = True, frames=None, 
     from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
     from metaportrait_jax.train.checkpoint import CONFIG_FILE, check_same_model, load_sn_free_generator, save_model
     from metaportrait_jax.train.loop import run
-    from metaportrait_jax.train.meta_step import MetaTrainer
-    from metaportrait_jax.train.step import Trainer
+    from metaportrait_jax.train.meta_step import MetaTrainer, check_meta_config
+    from metaportrait_jax.train.step import Trainer, check_train_config
 
     meta = config.get("meta")
+    check_train_config(config.train)  # before the data are opened (and perhaps built)
+    if meta:
+        check_meta_config(config)
     frames = frames if frames is not None else open_frames(config.data, config.model)
     try:
         if meta:

@@ -112,3 +112,16 @@ def test_missing_checkpoint_and_bad_config(tmp_path, capsys):
     assert main(["convert", "official-base", "--checkpoint", str(tmp_path / "x.pth"), "--output",
                  str(tmp_path / "c"), "--config", TINY]) == 2
     assert "x.pth" in capsys.readouterr().err
+
+
+def test_bad_train_config_is_refused_before_any_data_are_built(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    for command, config, override, message in [
+            ("train", "pretrain_full.py:tiny", "--config.train.compute_dtype=float16",
+             "train.compute_dtype must be one of"),
+            ("meta-train", "meta_train.py:tiny", "--config.meta.algorithm=mamI", "meta.algorithm must be one of")]:
+        assert main([command, "--config", os.path.join(REPO, "configs", config), "--workdir", str(tmp_path / "run"),
+                     f"--config.data.data_dir={data_dir}", override]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not data_dir.exists()

@@ -93,6 +93,19 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def check_train_config(train: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` naming the first `train.*` choice that is not one of its options."""
+    if train.stage not in STAGES:
+        raise ConfigError(f"train.stage must be one of {STAGES}, got {train.stage!r}")
+    if train.gradient_reduction not in GRADIENT_REDUCTIONS:
+        raise ConfigError(f"train.gradient_reduction must be one of {GRADIENT_REDUCTIONS}, "
+                          f"got {train.gradient_reduction!r}")
+    if train.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {train.compute_dtype!r}")
+    if train.compute_dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError("train.compute_dtype='float64' needs JAX_ENABLE_X64=1 (else JAX computes in float32)")
+
+
 class Trainer:
     """Builds the initial state and the step of one stage for a config (`config.model`, `config.train`)."""
 
@@ -104,21 +117,13 @@ class Trainer:
         if self.train.loss.identity > 0 and identity_encoder is None:
             raise ValueError("train.loss.identity > 0 needs an identity encoder (train.identity_encoder)")
         self.identity_encoder = identity_encoder
-        if self.train.stage not in STAGES:
-            raise ConfigError(f"train.stage must be one of {STAGES}, got {self.train.stage!r}")
+        check_train_config(self.train)
         self.stage = self.train.stage
-        if self.train.gradient_reduction not in GRADIENT_REDUCTIONS:
-            raise ConfigError(f"train.gradient_reduction must be one of {GRADIENT_REDUCTIONS}, "
-                              f"got {self.train.gradient_reduction!r}")
         self.fixed_order = self.train.gradient_reduction == "fixed_order"
         self.description = f"train {self.stage}"
         self.generator = Generator(config.model)
         self.discriminator = Discriminator(config.model)
         self.perceptual_network = perceptual_network
-        if self.train.compute_dtype not in COMPUTE_DTYPES:
-            raise ConfigError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {self.train.compute_dtype!r}")
-        if self.train.compute_dtype == "float64" and not jax.config.jax_enable_x64:
-            raise ConfigError("train.compute_dtype='float64' needs JAX_ENABLE_X64=1 (else JAX computes in float32)")
         self.compute_dtype = jnp.dtype(self.train.compute_dtype)
         self.loss_dtype = jnp.promote_types(self.compute_dtype, jnp.float32)
         self.use_gan = self.stage == "full" and self.train.loss.generator_gan > 0
