@@ -27,22 +27,27 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def one_task_trainer(variant: str, algorithm: str, *overrides: str):
+    """(config, MetaTrainer, VGG variables) for one task of `variant` with `algorithm`."""
+    from metaportrait_jax.config import load_config
+    from metaportrait_jax.convert.vgg import perceptual_features
+    from metaportrait_jax.train.meta_step import MetaTrainer
+
+    config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"),
+                         [f"meta.algorithm={algorithm!r}", "meta.tasks=1", "train.adam_eps_root=1e-16", *overrides])
+    network, vgg = perceptual_features("lpips_vgg16")
+    return config, MetaTrainer(config, network), {"params": vgg}
+
+
 def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
     import jax
     import numpy as np
 
-    from metaportrait_jax.config import load_config
-    from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.models.generator import dummy_batch
-    from metaportrait_jax.train.meta_step import MetaTrainer
 
-    config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"),
-                         [f"meta.algorithm={algorithm!r}", f"meta.maml_programs={programs!r}",
-                          f"meta.remat={programs == 'one'}", "meta.tasks=1",
-                          "train.adam_eps_root=1e-16"])
-    network, vgg = perceptual_features("lpips_vgg16")
-    trainer = MetaTrainer(config, network)
-    state = jax.jit(trainer.init_state)(jax.random.key(0), {"params": vgg})
+    config, trainer, perceptual = one_task_trainer(variant, algorithm, f"meta.maml_programs={programs!r}",
+                                                   f"meta.remat={programs == 'one'}")
+    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual)
     size = config.model.image_size
 
     def pairs(count: int) -> dict:
@@ -76,17 +81,11 @@ def maml_backward_memory(variant: str) -> dict:
     import jax
     import numpy as np
 
-    from metaportrait_jax.config import load_config
-    from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.meta.algorithms import float_leaves, inner_step_vjp
     from metaportrait_jax.models.generator import dummy_batch
-    from metaportrait_jax.train.meta_step import MetaTrainer
 
-    config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"),
-                         ["meta.algorithm='maml'", "meta.tasks=1", "train.adam_eps_root=1e-16"])
-    network, vgg = perceptual_features("lpips_vgg16")
-    trainer = MetaTrainer(config, network)
-    state = jax.eval_shape(trainer.init_state, jax.random.key(0), {"params": vgg})
+    config, trainer, perceptual = one_task_trainer(variant, "maml")
+    state = jax.eval_shape(trainer.init_state, jax.random.key(0), perceptual)
     size, count = config.model.image_size, config.meta.support
     support = dict(jax.eval_shape(lambda: dummy_batch(config.model, count)),
                    driving=jax.ShapeDtypeStruct((count, size, size, 3), np.float32),

@@ -464,7 +464,7 @@ def cmd_benchmark(args, overrides):
     import json
 
     from metaportrait_jax.eval.adaptation import AdaptationCurves, write_report
-    from metaportrait_jax.train.checkpoint import load_sn_free_generator
+    from metaportrait_jax.train.checkpoint import CONFIG_FILE, load_sn_free_generator
 
     workdir = os.path.abspath(args.workdir)
     _, pretrained = load_sn_free_generator(args.pretrained)
@@ -476,7 +476,7 @@ def cmd_benchmark(args, overrides):
                                             *(["train.adam_eps_root=1e-16"] if algorithm == "maml" else []),
                                             *overrides])
         export = os.path.join(workdir, algorithm, "export")
-        if os.path.exists(os.path.join(export, "config.json")):  # finished by an earlier run of this command
+        if os.path.exists(os.path.join(export, CONFIG_FILE)):  # finished by an earlier run of this command
             print(f"meta-trained {algorithm}: {export}")
         else:
             print(f"meta-training {algorithm} for {args.seconds_per_algorithm} s (at most {args.meta_steps} steps)")

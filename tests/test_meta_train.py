@@ -20,7 +20,7 @@ from metaportrait_jax.models.generator import BATCH_KEYS, Generator
 from metaportrait_jax.train.checkpoint import load_model, load_sn_free_generator, save_model
 from metaportrait_jax.train.meta_step import MetaTrainer
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
-from metaportrait_jax.train.step import Trainer
+from metaportrait_jax.train.step import Trainer, cast_floating
 from run_tools import logged_steps, start_and_signal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,10 +48,6 @@ def _tasks(synthetic, count: int):
     return [next(iterator) for _ in range(count)]
 
 
-def _as_float64(tree):
-    return jax.tree.map(lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x, tree)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm, task_batching", [
     ("reptile", "vmap"), ("fomaml", "vmap"), ("fomaml", "map"), ("maml", "map")])
@@ -74,10 +70,10 @@ def test_meta_step_on_eight_devices_equals_one_device(synthetic, perceptual, alg
         trainer = MetaTrainer(config, perceptual[0])
         tasks = [dict(task, support=jax.tree.map(lambda x: x[:, :pairs], task["support"]),
                       query=jax.tree.map(lambda x: x[:, :pairs], task["query"]))
-                 for task in _as_float64(_tasks(synthetic, 2))]
+                 for task in cast_floating(_tasks(synthetic, 2), np.float64)]
         for mesh in (make_mesh(devices=jax.devices()[:1]), make_mesh()):
             def init(rng):
-                return _as_float64(trainer.init_state(rng, perceptual[1]))
+                return cast_floating(trainer.init_state(rng, perceptual[1]), np.float64)
 
             sharding = tree_sharding(jax.eval_shape(init, jax.random.key(0)), mesh)
             state = jax.jit(init, out_shardings=sharding)(jax.random.key(0))

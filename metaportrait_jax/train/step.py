@@ -89,7 +89,8 @@ def make_optimizers(train: ml_collections.ConfigDict, stage: str, generator_para
     return generator, discriminator
 
 
-def _cast(tree, dtype):
+def cast_floating(tree: Any, dtype) -> Any:
+    """`tree` with its floating-point leaves cast to `dtype` (other leaves, e.g. step counters, unchanged)."""
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
@@ -153,13 +154,14 @@ class Trainer:
 
     def _features(self, perceptual: dict[str, Any]) -> Callable[[jax.Array], list[jax.Array]]:
         def features(images: jax.Array) -> list[jax.Array]:
-            out = self.perceptual_network.apply(_cast(perceptual, self.compute_dtype), images.astype(self.compute_dtype))
+            out = self.perceptual_network.apply(cast_floating(perceptual, self.compute_dtype),
+                                                images.astype(self.compute_dtype))
             return [f.astype(self.loss_dtype) for f in out]
 
         return features
 
     def _discriminate(self, params: dict[str, Any], images: jax.Array):
-        features, logits = self.discriminator.apply({"params": _cast(params, self.compute_dtype)},
+        features, logits = self.discriminator.apply({"params": cast_floating(params, self.compute_dtype)},
                                                     images.astype(self.compute_dtype))
         return [f.astype(self.loss_dtype) for f in features], logits.astype(self.loss_dtype)
 
@@ -169,10 +171,10 @@ class Trainer:
         normalisers per mask (`losses.mask_pixel_sums`) when `batch` is a share of the batch they are for."""
         mask_sums = mask_sums or {}
         w = self.train.loss
-        inputs = _cast({k: batch[k] for k in BATCH_KEYS}, self.compute_dtype)
-        variables = {**state.generator, "params": _cast(params, self.compute_dtype)}
+        inputs = cast_floating({k: batch[k] for k in BATCH_KEYS}, self.compute_dtype)
+        variables = {**state.generator, "params": cast_floating(params, self.compute_dtype)}
         out, mutated = self.generator.apply(variables, inputs, stage=self.stage, train=True, mutable=["spectral"])
-        out = _cast(out, self.loss_dtype)
+        out = cast_floating(out, self.loss_dtype)
         features = self._features(state.perceptual)
         driving, scales = batch["driving"], tuple(self.train.pyramid_scales)
         named = {"warp_perceptual": L.perceptual_loss(features, out["deformed"], driving, scales, w.warp_perceptual)}
@@ -186,7 +188,7 @@ class Trainer:
                 named["mouth"] = L.masked_box_loss(prediction, driving, batch["mouth_mask"], scales, w.mouth,
                                                    mask_sums.get("mouth_mask"))
             if w.identity:
-                embedding = self.identity_encoder.apply(_cast(state.identity, self.compute_dtype),
+                embedding = self.identity_encoder.apply(cast_floating(state.identity, self.compute_dtype),
                                                         prediction.astype(self.compute_dtype))
                 named["identity"] = w.identity * L.identity_loss(embedding.astype(self.loss_dtype), batch["source_id"])
             if self.use_gan:
