@@ -40,29 +40,30 @@ def _mask_at(mask: jax.Array, scale: float) -> jax.Array:
     return subsample_nearest(mask, round(1 / scale)) if scale != 1 else mask
 
 
-def mask_pixel_sums(mask: jax.Array, scales: Sequence[float] = PYRAMID_SCALES) -> jax.Array:
-    """`[len(scales)]`: Σ M_s, the mask pixels counted at each pyramid scale (the eye/mouth loss's normalisers)."""
-    return jnp.stack([jnp.sum(_mask_at(mask, s)) for s in scales])
+def mask_denominators(mask: jax.Array, scales: Sequence[float] = PYRAMID_SCALES) -> jax.Array:
+    """`[len(scales)]`: Σ M_s + 1e-6, the eye/mouth loss's denominators (mask pixels counted at each pyramid scale)."""
+    return jnp.stack([jnp.sum(_mask_at(mask, s)) + 1e-6 for s in scales])
 
 
 def masked_box_loss(prediction: jax.Array, target: jax.Array, mask: jax.Array,
                     scales: Sequence[float] = PYRAMID_SCALES, weight: float = 50.0,
-                    mask_sums: jax.Array | None = None) -> jax.Array:
+                    denominators: jax.Array | None = None) -> jax.Array:
     """The eye/mouth loss: weight · Σ_s Σ (P_s(pred) − P_s(target))² · M_s / (Σ M_s + 1e-6).
 
     The numerator sums over batch, channels and pixels, the denominator counts mask pixels once (as the official
-    code does); M_s is the mask subsampled from index 0. `mask_sums` replaces the denominators' Σ M_s (e.g. a whole
-    batch's, when this is one device's share of it).
+    code does); M_s is the mask subsampled from index 0. `denominators` replaces `mask_denominators(mask)`: for one
+    device's share of a batch, the whole batch's divided by the number of shares, so that the shares' mean is the
+    whole batch's loss (dividing the pixel counts alone would add the 1e-6 once per share).
     """
     pred_pyramid = image_pyramid(prediction, scales)
     target_pyramid = image_pyramid(target, scales)
-    if mask_sums is None:
-        mask_sums = mask_pixel_sums(mask, scales)
+    if denominators is None:
+        denominators = mask_denominators(mask, scales)
     total = jnp.zeros((), jnp.float32)
     for index, scale in enumerate(scales):
         m = _mask_at(mask, scale)
         diff = (pred_pyramid[scale] - jax.lax.stop_gradient(target_pyramid[scale])) ** 2
-        total = total + jnp.sum(diff * m) / (mask_sums[index] + 1e-6)
+        total = total + jnp.sum(diff * m) / denominators[index]
     return weight * total
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
+from run_tools import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_SH = os.path.join(REPO, "launch", "local.sh")
 CLI = f"{sys.executable} -m metaportrait_jax.cli"
@@ -23,8 +25,10 @@ def free_port() -> int:
 
 
 def job_environment(**variables: str) -> dict[str, str]:
-    """This environment without the test process's device settings, plus `variables` (e.g. a compilation cache)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    """This environment without the test process's device count and compilation cache (every process of a job
+    must compile alike, tests/conftest.py), plus `variables` (e.g. a compilation cache for one process)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XLA_FLAGS"] = xla_flags(None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
     return {**env, **variables}
 
@@ -51,6 +55,7 @@ def latest_state(workdir: str) -> tuple[int, dict]:
     path = os.path.join(checkpoints, str(step), "state")
     checkpointer = ocp.StandardCheckpointer()
     here = SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                          checkpointer.metadata(path).item_metadata)
-    return step, jax.tree.map(np.asarray, checkpointer.restore(path, target))
+    with jax.enable_x64(True):  # a float64 run's state as it was saved (JAX would read float32 without x64)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                              checkpointer.metadata(path).item_metadata)
+        return step, jax.tree.map(np.asarray, checkpointer.restore(path, target))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from metaportrait_jax.eval.video import read_video_frames
+from run_tools import device_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64  # the demo's tiny model
@@ -16,7 +17,7 @@ def _demo(output: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "metaportrait_jax.cli", "demo", "--output", output, "--warp-steps", "2",
                "--full-steps", "2", "--meta-steps", "1", "--personalize-steps", "2", "--persons", "1",
                "--batch-size", "2"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")  # one CPU device, as a user has
+    env = device_environment()  # one CPU device, as a user has
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -21,7 +21,7 @@ from metaportrait_jax.train.checkpoint import load_model, load_sn_free_generator
 from metaportrait_jax.train.meta_step import MetaTrainer
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
 from metaportrait_jax.train.step import Trainer, cast_floating
-from run_tools import logged_steps, start_and_signal
+from run_tools import device_environment, logged_steps, start_and_signal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ID_DIM = 64
@@ -147,10 +147,6 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "metaportrait_jax.cli", *args]
 
 
-def _env():
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-
-
 def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_free(synthetic, pretrained, tmp_path):
     workdir = str(tmp_path / "meta")
     subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"), "--workdir",
@@ -161,7 +157,7 @@ def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_fr
                         # one step is taken, logged (between log_every points) and exported
                         "--config.train.steps=50", "--config.train.max_seconds=1e-9", "--config.train.log_every=10",
                         "--config.train.image_every=1"),
-                   env=_env(), check=True, capture_output=True)
+                   env=device_environment(), check=True, capture_output=True)
     assert logged_steps(workdir) == [1]
     config, variables, discriminator = load_model(os.path.join(workdir, "export"))
     assert not config.model.use_sn and "spectral" not in variables and discriminator is None
@@ -183,7 +179,7 @@ def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_fr
                                  "--workdir", str(tmp_path / "bad"), "--config.data.source=tfds",
                                  f"--config.data.path={synthetic}", f"--config.init_from={pretrained}",
                                  f"--config.model.id_dim={ID_DIM}", "--config.model.spade.conv_dim=4"),
-                            env=_env(), capture_output=True, text=True)
+                            env=device_environment(), capture_output=True, text=True)
     assert result.returncode == 2 and "spade.conv_dim: 8 vs 4" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -197,14 +193,14 @@ def _personalize(synthetic, checkpoint, output, steps):
 def test_personalization_resumes_after_interruption_to_the_uninterrupted_result(synthetic, pretrained, tmp_path):
     steps = 10  # signalled at step 2: room for a slow poll of the log on a busy machine
     straight = str(tmp_path / "straight")
-    done = subprocess.run(_personalize(synthetic, pretrained, straight, steps), env=_env(), check=True,
+    done = subprocess.run(_personalize(synthetic, pretrained, straight, steps), env=device_environment(), check=True,
                           capture_output=True, text=True)
     assert f"personalised {steps} steps" in done.stdout
     interrupted = str(tmp_path / "interrupted")
     command = _personalize(synthetic, pretrained, interrupted, steps)
     assert start_and_signal(command, os.path.join(interrupted, "run"), 2, signal.SIGTERM) == 0
     assert not os.path.exists(os.path.join(interrupted, "config.json"))  # no half-trained model is exported
-    subprocess.run(command, env=_env(), check=True, capture_output=True)
+    subprocess.run(command, env=device_environment(), check=True, capture_output=True)
     _, ours, _ = load_model(interrupted)
     _, reference, _ = load_model(straight)
     assert not load_model(interrupted)[0].model.use_sn
@@ -224,7 +220,7 @@ def test_personalize_bad_arguments_give_one_line_errors(synthetic, pretrained, t
         if flag in extra:
             index = command.index(flag)
             del command[index:index + 2]
-    result = subprocess.run(command + extra, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(command + extra, env=device_environment(), capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 

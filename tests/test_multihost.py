@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from multiprocess import CLI, REPO, failure_report, free_port, job_environment, latest_state, run_local
-from run_tools import logged_steps
+from run_tools import logged_steps, xla_flags
 
 STEPS = 3
 HEARTBEAT_TIMEOUT = 10  # seconds; short so that the kill tests are quick (the default is 60)
@@ -30,19 +30,24 @@ TINY = ["--workdir", "{workdir}", "--no-progress", "--config.data.source=tfds", 
         "--config.train.checkpoint_every=1", "--config.train.log_every=1", "--config.train.image_every=0",
         "--config.data.pair_source=random"]
 
-# Gloo sums the cross-process gradients in another order than XLA's in-process all-reduce; where a gradient component
-# is round-off alone (e.g. a conv bias right before an instance norm: its true gradient is 0), Adam's normalisation
-# turns that into steps of ±lr that differ in sign. The warp stage stays within 1e-5 (3e-6 measured) with the default
-# all-reduce; the full stage (up to 4.4e-4, discriminator biases) and meta-training (7.7e-5) did not, so they run with
-# the topology-independent reduction, which must give the same bits. (That also needs the same kernels in every
-# process: local.sh gives each process one thread-pool size, see there.)
+# Gloo sums the cross-process gradients in another order than XLA's in-process all-reduce. In float32, where a
+# gradient component is round-off alone (e.g. a conv bias right before an instance norm: its true gradient is 0),
+# Adam's normalisation turns that into steps of up to ±lr that differ between the two orders: after 3 warp steps one
+# hourglass kernel weight ended 1.28e-5 (0.64 lr) apart on an Intel Xeon, 3e-6 on an AMD EPYC; the full stage 4.4e-4.
+# So the default all-reduce is compared in float64 (JAX_ENABLE_X64=1), where the same round-off is ~1e-16 of the
+# summed terms and Adam (eps 1e-8, gradients clipped to a global norm of 0.3) turns a gradient difference dg into at
+# most lr·dg/eps per step; and the topology-independent reduction (`fixed_order`) must give the same bits in float32.
+# (That also needs the same kernels in every process: local.sh gives each process one thread-pool size, see there.)
 FIXED_ORDER = "--config.train.gradient_reduction=fixed_order"
+FLOAT64 = "--config.train.compute_dtype=float64"
 
 # Every subcommand that runs as a multi-process job, one line each: it must run STEPS steps and keep Orbax
 # checkpoints in {workdir}/checkpoints/<step>/state (step STEPS - 1 included) and metrics.jsonl as `train` does.
 # The full stage and meta-training compile minutes longer than the warp stage: they run with the slow tests.
 COMMANDS = {
-    "pretrain-warp": ["train", "--config", _config("pretrain_warp.py:tiny"), *TINY],
+    "pretrain-warp-float64": ["train", "--config", _config("pretrain_warp.py:tiny"), *TINY, FLOAT64],
+    "pretrain-warp-fixed-order": pytest.param(["train", "--config", _config("pretrain_warp.py:tiny"), *TINY,
+                                               FIXED_ORDER], marks=pytest.mark.slow),
     "pretrain-full": pytest.param(["train", "--config", _config("pretrain_full.py:tiny"), *TINY, FIXED_ORDER],
                                   marks=pytest.mark.slow),
     "meta-train": pytest.param(["meta-train", "--config", _config("meta_train.py:tiny"), *TINY, FIXED_ORDER,
@@ -51,42 +56,46 @@ COMMANDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory) -> str:
-    """Shared by the single-process runs of this module: the resumed run reuses the reference run's programs."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def _argv(command: list[str], workdir: str, data: str) -> list[str]:
     return [a.format(workdir=workdir, data=data) for a in command]
 
 
-def _run(processes: int, devices: int, argv: list[str], log_dir: str, cache: str) -> subprocess.CompletedProcess:
-    """`local.sh processes` with `devices` each; a single process uses the compilation cache (local.sh keeps
-    several processes away from it, see launch/README.md)."""
-    result = run_local(processes, devices, argv, log_dir, **({"JAX_COMPILATION_CACHE_DIR": cache}
-                                                              if processes == 1 else {}))
+def _run(processes: int, devices: int, argv: list[str], log_dir: str) -> subprocess.CompletedProcess:
+    """`local.sh processes` with `devices` each; a single process uses the test run's compilation cache (local.sh
+    keeps several processes away from it, see launch/README.md): the resumed run reuses the reference run's
+    programs."""
+    variables = {"JAX_COMPILATION_CACHE_DIR": os.environ["JAX_COMPILATION_CACHE_DIR"]} if processes == 1 else {}
+    if FLOAT64 in argv:
+        variables["JAX_ENABLE_X64"] = "1"
+    result = run_local(processes, devices, argv, log_dir, **variables)
     assert result.returncode == 0, failure_report(result, log_dir)
     return result
 
 
+# float64, 2 x 2 against 1 x 4 devices: 9.1e-15 apart at worst (AMD EPYC; a conv bias before an instance norm, whose
+# true gradient is 0). Adam (eps 1e-8) magnifies a round-off difference dg of such a component to lr·dg/eps per step:
+# 3 steps x 2e-5 x 1e8 x 2^-53 = 6.7e-13 per unit of the summed terms' magnitude. The tolerance leaves room for sums
+# of ~150 units; a real difference (rows in the wrong process, a missing all-reduce) moves weights by ~lr = 2e-5.
+FLOAT64_TOLERANCE = 1e-10
+
+
 def _assert_same_state(state: dict, reference: dict, exact: bool) -> None:
-    """Every array of the train state (parameters, optimiser moments, counters) to 1e-5 (relative above 1), or
-    bit for bit."""
+    """Every array of the train state (parameters, optimiser moments, counters) bit for bit, or to
+    FLOAT64_TOLERANCE (relative above 1)."""
     flat, reference_flat = jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(reference)
     assert len(flat) == len(reference_flat)
-    tolerance = 0 if exact else 1e-5
+    tolerance = 0 if exact else FLOAT64_TOLERANCE
     for (path, value), expected in zip(flat, reference_flat):
+        assert exact or value.dtype != np.float32, (jax.tree_util.keystr(path), value.dtype)
         np.testing.assert_allclose(value, expected, rtol=tolerance, atol=tolerance,
                                    err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
-def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(command, synthetic, tmp_path,
-                                                                              compilation_cache):
+def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(command, synthetic, tmp_path):
     one, two, resumed = (str(tmp_path / name) for name in ("one", "two", "resumed"))
-    _run(1, 4, _argv(command, one, synthetic), str(tmp_path / "logs_one"), compilation_cache)
-    _run(2, 2, _argv(command, two, synthetic), str(tmp_path / "logs_two"), compilation_cache)
+    _run(1, 4, _argv(command, one, synthetic), str(tmp_path / "logs_one"))
+    _run(2, 2, _argv(command, two, synthetic), str(tmp_path / "logs_two"))
     step, reference = latest_state(one)
     assert step == STEPS and latest_state(two)[0] == STEPS
     exact = FIXED_ORDER in command
@@ -96,7 +105,7 @@ def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(co
     # The 2-process checkpoint of step STEPS - 1 continues in 1 process (4 devices) to the uninterrupted result.
     shutil.copytree(os.path.join(two, "checkpoints", str(STEPS - 1)),
                     os.path.join(resumed, "checkpoints", str(STEPS - 1)))
-    result = _run(1, 4, _argv(command, resumed, synthetic), str(tmp_path / "logs_resumed"), compilation_cache)
+    result = _run(1, 4, _argv(command, resumed, synthetic), str(tmp_path / "logs_resumed"))
     assert f"resumed from {resumed}/checkpoints/{STEPS - 1}" in result.stdout
     _assert_same_state(latest_state(resumed)[1], reference, exact)
     assert logged_steps(resumed) == [STEPS]
@@ -111,7 +120,7 @@ class _Job:
         for process in range(processes):
             env = job_environment(METAPORTRAIT_COORDINATOR=f"127.0.0.1:{port}",
                                   METAPORTRAIT_NUM_PROCESSES=str(processes), METAPORTRAIT_PROCESS_ID=str(process),
-                                  JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                                  JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices),
                                   METAPORTRAIT_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
             self.logs.append(str(tmp_path / f"process_{process}.log"))
             with open(self.logs[-1], "w") as log:

@@ -16,7 +16,8 @@ from metaportrait_jax.data.pipeline import PipelineSpec, epoch_size, make_datase
 from metaportrait_jax.data.sources import METADATA_FILE, ClipTable, OfficialLayoutFrames, TfdsFrames
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.sharding import global_batch, make_mesh
-from multiprocess import free_port
+from multiprocess import free_port, job_environment
+from run_tools import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -216,8 +217,7 @@ def test_two_jax_processes_build_one_global_batch(tmp_path):
     mesh that would put a process's rows on the other process's devices is refused."""
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(f"""
-        import os, sys
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import sys
         import jax, numpy as np
         jax.distributed.initialize("127.0.0.1:{free_port()}", num_processes=2, process_id=int(sys.argv[1]))
         sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
@@ -236,8 +236,7 @@ def test_two_jax_processes_build_one_global_batch(tmp_path):
             print("REFUSED", e, flush=True)
         print("RESULT", int(total), " ".join(map(str, rows.tolist())), flush=True)
     """))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = job_environment(XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env, cwd=REPO) for i in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]

@@ -27,7 +27,7 @@ def train_defaults(stage: str) -> ml_collections.ConfigDict:
         clip_norm=0.3,
         decay_steps=(750,),           # official: ×0.1 at epoch 45 of 60
         compute_dtype="float32",      # or "bfloat16": bf16 networks, fp32 parameters and losses; or "float64"
-                                      # (JAX_ENABLE_X64=1): exactness checks
+                                      # (JAX_ENABLE_X64=1): everything in float64, for exactness checks
         pyramid_scales=(1.0, 0.5, 0.25, 0.125),
         perceptual="lpips_vgg16",     # offline default; "torchvision_vgg19:<path.pth>" is the official VGG19
         loss=dict(warp_perceptual=(10.0,) * 5, perceptual=(10.0,) * 5, eye=50.0, mouth=50.0, generator_gan=1.0,

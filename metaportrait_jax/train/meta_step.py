@@ -36,7 +36,7 @@ from metaportrait_jax.meta.algorithms import (ALGORITHMS, TASK_BATCHING, inner_s
                                               maml_gradient_by_inner_steps, meta_batch_gradient, over_tasks,
                                               query_value_and_cotangent)
 from metaportrait_jax.train.sharding import jit_step, per_device
-from metaportrait_jax.train.step import Trainer, make_optimizers
+from metaportrait_jax.train.step import Trainer, cast_floating, make_optimizers
 
 
 @flax.struct.dataclass
@@ -103,9 +103,10 @@ class MetaTrainer:
         if generator is None:
             generator = self.losses.init_models(rng)[0]
         generator = {"params": generator["params"]}
-        return MetaState(step=jnp.zeros((), jnp.int32), generator=generator,
-                         generator_opt=self.outer_tx.init(generator["params"]), perceptual=dict(perceptual),
-                         skipped=jnp.zeros((), jnp.int32), identity=dict(identity or {}))
+        return cast_floating(MetaState(step=jnp.zeros((), jnp.int32), generator=generator,
+                                       generator_opt=self.outer_tx.init(generator["params"]),
+                                       perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32),
+                                       identity=dict(identity or {})), self.losses.loss_dtype)
 
     def start(self, state: MetaState) -> MetaState:
         return state

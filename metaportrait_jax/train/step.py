@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from metaportrait_jax import losses as L
@@ -143,14 +144,15 @@ class Trainer:
 
     def init_state(self, rng: jax.Array, perceptual: dict[str, Any], identity: dict[str, Any] | None = None,
                    generator: dict[str, Any] | None = None) -> TrainState:
-        """A fresh state; `generator` variables (e.g. a checkpoint's) replace the random generator if given."""
+        """A fresh state; `generator` variables (e.g. a checkpoint's) replace the random generator if given. Its
+        floating-point arrays are float32, or float64 with `train.compute_dtype='float64'` (exactness checks)."""
         initial_generator, discriminator = self.init_models(rng)
         generator = initial_generator if generator is None else dict(generator)
-        return TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
+        return cast_floating(TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
                           generator_opt=self.generator_tx.init(generator["params"]),
                           discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
                           perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32),
-                          identity=dict(identity or {}))
+                          identity=dict(identity or {})), self.loss_dtype)
 
     def _features(self, perceptual: dict[str, Any]) -> Callable[[jax.Array], list[jax.Array]]:
         def features(images: jax.Array) -> list[jax.Array]:
@@ -166,10 +168,10 @@ class Trainer:
         return [f.astype(self.loss_dtype) for f in features], logits.astype(self.loss_dtype)
 
     def generator_losses(self, params, state: TrainState, batch: dict[str, jax.Array],
-                         mask_sums: dict[str, jax.Array] | None = None):
-        """(total, (named losses, generator outputs, new spectral-norm vectors)). `mask_sums`: the eye/mouth losses'
-        normalisers per mask (`losses.mask_pixel_sums`) when `batch` is a share of the batch they are for."""
-        mask_sums = mask_sums or {}
+                         mask_denominators: dict[str, jax.Array] | None = None):
+        """(total, (named losses, generator outputs, new spectral-norm vectors)). `mask_denominators`: the eye/mouth
+        losses' denominators per mask (`losses.masked_box_loss`) when `batch` is a share of the batch they are for."""
+        mask_denominators = mask_denominators or {}
         w = self.train.loss
         inputs = cast_floating({k: batch[k] for k in BATCH_KEYS}, self.compute_dtype)
         variables = {**state.generator, "params": cast_floating(params, self.compute_dtype)}
@@ -183,10 +185,10 @@ class Trainer:
             named["perceptual"] = L.perceptual_loss(features, prediction, driving, scales, w.perceptual)
             if w.eye:
                 named["eye"] = L.masked_box_loss(prediction, driving, batch["eye_mask"], scales, w.eye,
-                                                 mask_sums.get("eye_mask"))
+                                                 mask_denominators.get("eye_mask"))
             if w.mouth:
                 named["mouth"] = L.masked_box_loss(prediction, driving, batch["mouth_mask"], scales, w.mouth,
-                                                   mask_sums.get("mouth_mask"))
+                                                   mask_denominators.get("mouth_mask"))
             if w.identity:
                 embedding = self.identity_encoder.apply(cast_floating(state.identity, self.compute_dtype),
                                                         prediction.astype(self.compute_dtype))
@@ -212,11 +214,11 @@ class Trainer:
         # The eye/mouth losses divide by the whole batch's mask pixels (exact sums of 0/1), /D so that the mean of
         # the D per-device losses is the whole batch's loss, as with every per-example mean.
         scales = tuple(self.train.pyramid_scales)
-        mask_sums = {key: L.mask_pixel_sums(gathered(batch[key]), scales) / batch_devices()
-                     for key in ("eye_mask", "mouth_mask") if key in batch}
+        denominators = {key: L.mask_denominators(gathered(batch[key]), scales) / batch_devices()
+                        for key in ("eye_mask", "mouth_mask") if key in batch}
 
         def on_device(shared, rows):
-            (loss, (named, out, mutated)), grads = value_and_grad(*shared, rows, mask_sums)
+            (loss, (named, out, mutated)), grads = value_and_grad(*shared, rows, denominators)
             return (loss, named, grads), out, mutated  # spectral vectors: from the weights alone, alike
 
         (loss, named, grads), out, mutated = per_device(on_device, (params, state), batch, fixed_order=True)
@@ -277,7 +279,7 @@ class Trainer:
             if collection in generator:
                 merged = dict(generator[collection])
                 # host copies: the state goes onto a mesh that may span several processes
-                merged.update({k: jax.device_get(v) for k, v in stored.get(collection, {}).items()
-                               if k in WARP_MODULES})
+                merged.update({k: jax.tree.map(lambda x: np.asarray(x, self.loss_dtype), jax.device_get(v))
+                               for k, v in stored.get(collection, {}).items() if k in WARP_MODULES})
                 generator[collection] = merged
         return state.replace(generator=generator)
