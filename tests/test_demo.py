@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from metaportrait_jax.eval.video import read_video_frames
 from run_tools import device_environment
 
@@ -28,6 +30,7 @@ def _without_wall_time(results: dict) -> dict:
             for start, curve in results.items()}
 
 
+@pytest.mark.minutes
 def test_demo_writes_its_outputs_and_a_rerun_reproduces_them(tmp_path):
     output = str(tmp_path / "demo")
     first = _demo(output)

@@ -32,7 +32,7 @@ def _meta_config(*overrides: str):
                        [f"model.id_dim={ID_DIM}", "meta.support=2", "meta.query=2", *overrides])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pretrained(tmp_path_factory, perceptual):
     """A (random-weight) full-stage checkpoint with spectral norm, as `train` exports it."""
     config = load_config(os.path.join(REPO, "configs", "pretrain_full.py:tiny"), [f"model.id_dim={ID_DIM}"])
@@ -147,6 +147,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "metaportrait_jax.cli", *args]
 
 
+@pytest.mark.minutes
 def test_meta_train_starts_from_the_folded_pretrained_model_and_exports_it_sn_free(synthetic, pretrained, tmp_path):
     workdir = str(tmp_path / "meta")
     subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"), "--workdir",
@@ -190,6 +191,7 @@ def _personalize(synthetic, checkpoint, output, steps):
                 "--output", output, "--batch-size", "2", "--no-progress")
 
 
+@pytest.mark.minutes
 def test_personalization_resumes_after_interruption_to_the_uninterrupted_result(synthetic, pretrained, tmp_path):
     steps = 10  # signalled at step 2: room for a slow poll of the log on a busy machine
     straight = str(tmp_path / "straight")
@@ -224,6 +226,7 @@ def test_personalize_bad_arguments_give_one_line_errors(synthetic, pretrained, t
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+@pytest.mark.minutes
 def test_adaptation_curves_protocol_and_report(synthetic, pretrained, tmp_path):
     start = jax.device_put(load_sn_free_generator(pretrained)[1])  # device arrays: each curve must leave them intact
     model = load_model(pretrained)[0].model

@@ -91,6 +91,7 @@ def _assert_same_state(state: dict, reference: dict, exact: bool) -> None:
                                    err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.minutes
 @pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
 def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(command, synthetic, tmp_path):
     one, two, resumed = (str(tmp_path / name) for name in ("one", "two", "resumed"))

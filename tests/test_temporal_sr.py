@@ -203,7 +203,7 @@ def test_windowed_inference_equals_the_whole_clip():
     np.testing.assert_allclose(short, np.asarray(network(variables, clip[:, :2]))[0], atol=2e-5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sr_data(tmp_path_factory):
     return build_synthetic(str(tmp_path_factory.mktemp("sr_data")), "r32_sr_tiny")
 
@@ -247,6 +247,7 @@ def test_tiny_training_lowers_the_loss_and_keeps_the_decoder_frozen(sr_data):
     assert np.any(moved) and not np.array_equal(np.asarray(state.ema["window_down_0"]["conv2"]["kernel"]), moved)
 
 
+@pytest.mark.minutes
 def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
     workdir = str(tmp_path / "run")
     assert main(["train", "--config", os.path.join(REPO, "configs", "temporal_sr.py:tiny"), "--workdir", workdir,

@@ -56,6 +56,7 @@ def _run_steps(trainer, perceptual, batches, mesh):
     return state, history, first_grads, step
 
 
+@pytest.mark.minutes
 def test_eight_devices_with_fsdp_equal_one_device_and_nan_steps_are_skipped(synthetic, perceptual):
     config = _config("warp")
     trainer = Trainer(config, perceptual[0])
@@ -102,6 +103,7 @@ def test_eight_devices_with_fsdp_equal_one_device_and_nan_steps_are_skipped(synt
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.minutes
 def test_fixed_order_reduction_sums_gathered_gradients_without_an_all_reduce(synthetic, perceptual):
     """`train.gradient_reduction='fixed_order'` gathers the per-device gradients and sums them in device order on every
     device: no all-reduce (whose order depends on the process topology, tests/test_multihost.py) is left in the step,
@@ -181,6 +183,7 @@ def _train_command(data: str, workdir: str, steps: int) -> list[str]:
             "--config.data.pair_source=random"]
 
 
+@pytest.mark.minutes
 def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic, tmp_path):
     steps = 6
     env = device_environment()
@@ -223,6 +226,7 @@ class TinyFaceEncoder(nn.Module):
         return nn.Dense(ID_DIM)(jnp.mean(nn.Conv(8, (3, 3))(images), axis=(1, 2)))
 
 
+@pytest.mark.minutes
 def test_identity_loss_uses_the_pluggable_encoder(synthetic, perceptual):
     encoder = TinyFaceEncoder()
     encoder_variables = encoder.init(jax.random.key(1), jnp.zeros((1, 64, 64, 3)))
