@@ -7,6 +7,13 @@ import time
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
+# Two float64 training runs on different layouts (1 x 4 against 2 x 2 devices, 1 against 8 with FSDP), 3 warp steps:
+# 9.1e-15 apart at worst (AMD EPYC; a conv bias before an instance norm, whose true gradient is 0). Adam (eps 1e-8)
+# magnifies a round-off difference dg of such a component to lr·dg/eps per step: 3 steps x 2e-5 x 1e8 x 2^-53 =
+# 6.7e-13 per unit of the summed terms' magnitude. The tolerance leaves room for sums of ~150 units; a real
+# difference (rows on the wrong device, a missing all-reduce) moves weights by ~lr = 2e-5.
+FLOAT64_STATE_TOLERANCE = 1e-10
+
 
 def xla_flags(devices: int | None) -> str:
     """This environment's XLA_FLAGS (e.g. `--xla_cpu_max_isa=AVX2`, the other instruction-set path) with the fake

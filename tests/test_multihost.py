@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from multiprocess import CLI, REPO, failure_report, free_port, job_environment, latest_state, run_local
-from run_tools import logged_steps, xla_flags
+from run_tools import FLOAT64_STATE_TOLERANCE, logged_steps, xla_flags
 
 STEPS = 3
 HEARTBEAT_TIMEOUT = 10  # seconds; short so that the kill tests are quick (the default is 60)
@@ -72,19 +72,14 @@ def _run(processes: int, devices: int, argv: list[str], log_dir: str) -> subproc
     return result
 
 
-# float64, 2 x 2 against 1 x 4 devices: 9.1e-15 apart at worst (AMD EPYC; a conv bias before an instance norm, whose
-# true gradient is 0). Adam (eps 1e-8) magnifies a round-off difference dg of such a component to lr·dg/eps per step:
-# 3 steps x 2e-5 x 1e8 x 2^-53 = 6.7e-13 per unit of the summed terms' magnitude. The tolerance leaves room for sums
-# of ~150 units; a real difference (rows in the wrong process, a missing all-reduce) moves weights by ~lr = 2e-5.
-FLOAT64_TOLERANCE = 1e-10
 
 
 def _assert_same_state(state: dict, reference: dict, exact: bool) -> None:
     """Every array of the train state (parameters, optimiser moments, counters) bit for bit, or to
-    FLOAT64_TOLERANCE (relative above 1)."""
+    FLOAT64_STATE_TOLERANCE (relative above 1)."""
     flat, reference_flat = jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(reference)
     assert len(flat) == len(reference_flat)
-    tolerance = 0 if exact else FLOAT64_TOLERANCE
+    tolerance = 0 if exact else FLOAT64_STATE_TOLERANCE
     for (path, value), expected in zip(flat, reference_flat):
         assert exact or value.dtype != np.float32, (jax.tree_util.keystr(path), value.dtype)
         np.testing.assert_allclose(value, expected, rtol=tolerance, atol=tolerance,
