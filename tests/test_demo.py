@@ -1,5 +1,5 @@
-"""The README's main command end to end with a reduced budget: every stage runs, the three outputs are written, and a
-rerun (which resumes the finished training runs) reproduces the personalisation results."""
+"""The README's main command end to end with a reduced budget: every stage runs and the three outputs are written;
+(slow) a rerun, which resumes the finished training runs, reproduces the personalisation results."""
 
 import json
 import os
@@ -17,8 +17,8 @@ SIZE = 64  # the demo's tiny model
 
 def _demo(output: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "metaportrait_jax.cli", "demo", "--output", output, "--warp-steps", "2",
-               "--full-steps", "2", "--meta-steps", "1", "--personalize-steps", "2", "--persons", "1",
-               "--batch-size", "2"]
+               "--full-steps", "2", "--meta-steps", "1", "--meta-tasks", "1", "--personalize-steps", "2",
+               "--persons", "1", "--batch-size", "2"]
     env = device_environment()  # one CPU device, as a user has
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -30,14 +30,11 @@ def _without_wall_time(results: dict) -> dict:
             for start, curve in results.items()}
 
 
-@pytest.mark.minutes
-def test_demo_writes_its_outputs_and_a_rerun_reproduces_them(tmp_path):
-    output = str(tmp_path / "demo")
-    first = _demo(output)
+def _check_outputs(output: str, stdout: str) -> dict:
+    """The demo's stages ran and its outputs are written; returns the personalisation results."""
     for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
-        assert stage in first.stdout
-    assert f"demo outputs in {output}" in first.stdout
-
+        assert stage in stdout
+    assert f"demo outputs in {output}" in stdout
     video = read_video_frames(os.path.join(output, "animation.mp4"))
     assert len(video) > 1 and video[0].shape == (SIZE, 4 * SIZE, 3)  # one person: source | driving | two results
     assert os.path.getsize(os.path.join(output, "adaptation.png")) > 0
@@ -48,7 +45,21 @@ def test_demo_writes_its_outputs_and_a_rerun_reproduces_them(tmp_path):
     with open(os.path.join(output, "adaptation.json")) as f:
         results = json.load(f)["results"]
     assert [row["step"] for row in results["meta-trained"]["mean"]] == [0, 1, 2]
+    return results
 
+
+@pytest.mark.minutes
+def test_demo_writes_its_outputs(tmp_path):
+    output = str(tmp_path / "demo")
+    _check_outputs(output, _demo(output).stdout)
+
+
+# The rerun re-proves resuming finished runs (tests/test_train.py) and deterministic personalisation
+# (tests/test_meta_train.py) through the demo: slow suite.
+@pytest.mark.slow
+def test_a_demo_rerun_resumes_and_reproduces_its_results(tmp_path):
+    output = str(tmp_path / "demo")
+    results = _check_outputs(output, _demo(output).stdout)
     second = _demo(output)
     assert "resumed from" in second.stdout
     with open(os.path.join(output, "adaptation.json")) as f:

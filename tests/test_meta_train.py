@@ -36,7 +36,7 @@ def _meta_config(*overrides: str):
 def pretrained(tmp_path_factory, perceptual):
     """A (random-weight) full-stage checkpoint with spectral norm, as `train` exports it."""
     config = load_config(os.path.join(REPO, "configs", "pretrain_full.py:tiny"), [f"model.id_dim={ID_DIM}"])
-    state = Trainer(config, perceptual[0]).init_state(jax.random.key(3), perceptual[1])
+    state = jax.jit(Trainer(config, perceptual[0]).init_state)(jax.random.key(3), perceptual[1])
     directory = str(tmp_path_factory.mktemp("pretrained") / "export")
     save_model(directory, config, jax.device_get(state.generator))
     return directory

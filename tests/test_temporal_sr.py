@@ -228,7 +228,7 @@ def test_tiny_training_lowers_the_loss_and_keeps_the_decoder_frozen(sr_data):
                         "train.clip_length=2", "train.freeze_decoder=True")
     network, params = perceptual_features(config.train.perceptual, taps="pre_relu")
     trainer = SRTrainer(config, network)
-    state = trainer.init_state(jax.random.key(0), {"params": params})
+    state = jax.jit(trainer.init_state)(jax.random.key(0), {"params": params})
     dataset, spec = sr_dataset(config, TfdsFrames(sr_data, "train"))
     iterator = make_iterator(dataset, spec)
     batches = [jax.tree.map(jnp.asarray, next(iterator)) for _ in range(2)]

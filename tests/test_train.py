@@ -143,10 +143,10 @@ def test_compute_dtype_errors_name_the_field(perceptual):
 def test_full_stage_takes_the_warp_networks_from_a_warp_checkpoint(synthetic, perceptual, tmp_path):
     warp = _config("warp")
     trainer = Trainer(warp, perceptual[0])
-    warp_state = trainer.init_state(jax.random.key(7), perceptual[1])
+    warp_state = jax.jit(trainer.init_state)(jax.random.key(7), perceptual[1])
     save_model(str(tmp_path / "warp"), warp, jax.device_get(warp_state.generator))
     full = Trainer(_config("full", f"init_from={str(tmp_path / 'warp')!r}"), perceptual[0])
-    state = full.start(full.init_state(jax.random.key(8), perceptual[1]))
+    state = full.start(jax.jit(full.init_state)(jax.random.key(8), perceptual[1]))
     _, stored, _ = load_model(str(tmp_path / "warp"))
     for name, sub in state.generator["params"].items():
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(stored["params"][name])))
@@ -158,7 +158,7 @@ def test_bf16_compute_gives_finite_losses_close_to_fp32(synthetic, perceptual):
     losses = {}
     for dtype in ("float32", "bfloat16"):
         trainer = Trainer(_config("warp", f"train.compute_dtype={dtype!r}"), perceptual[0])
-        state = trainer.init_state(jax.random.key(0), perceptual[1])
+        state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1])
         new_state, metrics = jax.jit(trainer.step)(state, jax.tree.map(jnp.asarray, batch))
         losses[dtype] = float(metrics["generator_loss"])
         assert new_state.generator["params"]["ladder_network"]["fc"]["kernel"].dtype == jnp.float32
@@ -201,7 +201,7 @@ def test_loss_falls_on_a_tiny_synthetic_run(synthetic, perceptual):
     frames = TfdsFrames(synthetic, "train")
     spec = PipelineSpec("pairs", 4, source="random")
     iterator = make_iterator(make_dataset(frames, spec), spec)
-    state = trainer.init_state(jax.random.key(0), perceptual[1])
+    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1])
     step = jax.jit(trainer.step, donate_argnums=0)
     losses = []
     for _ in range(24):
@@ -226,13 +226,17 @@ def test_identity_loss_uses_the_pluggable_encoder(synthetic, perceptual):
     with pytest.raises(ValueError, match="needs an identity encoder"):
         Trainer(config, perceptual[0])
     trainer = Trainer(config, perceptual[0], encoder)
-    state = trainer.init_state(jax.random.key(0), perceptual[1], encoder_variables)
+    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1], encoder_variables)
     batch = jax.tree.map(jnp.asarray, _batches(synthetic, 1, 2)[0])
-    params = state.generator["params"]
-    _, (named, out, _) = trainer.generator_losses(params, state, batch)
-    embedding = encoder.apply(encoder_variables, out["prediction"])
+
+    def identity_loss(params, state, batch):
+        _, (named, out, _) = trainer.generator_losses(params, state, batch)
+        return named["identity"], out["prediction"]
+
+    (loss, prediction), grads = jax.jit(jax.value_and_grad(identity_loss, has_aux=True))(state.generator["params"],
+                                                                                        state, batch)
+    embedding = encoder.apply(encoder_variables, prediction)
     cosine = jnp.sum(embedding * batch["source_id"], -1) / (
         jnp.linalg.norm(embedding, axis=-1) * jnp.linalg.norm(batch["source_id"], axis=-1))
-    np.testing.assert_allclose(float(named["identity"]), 20.0 * float(jnp.mean(1 - cosine)), rtol=1e-5)
-    grads = jax.grad(lambda p: trainer.generator_losses(p, state, batch)[1][0]["identity"])(params)
+    np.testing.assert_allclose(float(loss), 20.0 * float(jnp.mean(1 - cosine)), rtol=1e-5)
     assert float(optax.tree.norm(grads["SPDAE_G"])) > 0
