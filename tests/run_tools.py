@@ -36,7 +36,8 @@ def logged_steps(workdir: str) -> list[int]:
 
 
 def start_and_signal(command: list[str], workdir: str, at_step: int, signum: int) -> int:
-    process = subprocess.Popen(command, env=device_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env=device_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     deadline = time.time() + 600
     while max(logged_steps(workdir), default=0) < at_step and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -148,11 +148,12 @@ class Trainer:
         floating-point arrays are float32, or float64 with `train.compute_dtype='float64'` (exactness checks)."""
         initial_generator, discriminator = self.init_models(rng)
         generator = initial_generator if generator is None else dict(generator)
-        return cast_floating(TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
-                          generator_opt=self.generator_tx.init(generator["params"]),
-                          discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
-                          perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32),
-                          identity=dict(identity or {})), self.loss_dtype)
+        state = TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
+                           generator_opt=self.generator_tx.init(generator["params"]),
+                           discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
+                           perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32),
+                           identity=dict(identity or {}))
+        return cast_floating(state, self.loss_dtype)
 
     def _features(self, perceptual: dict[str, Any]) -> Callable[[jax.Array], list[jax.Array]]:
         def features(images: jax.Array) -> list[jax.Array]:
