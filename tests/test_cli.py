@@ -12,8 +12,9 @@ from metaportrait_jax.cli import main
 from metaportrait_jax.config import load_config
 from metaportrait_jax.data.official_layout import write_sample_layout
 from metaportrait_jax.eval.video import read_video_frames
-from metaportrait_jax.models.generator import Generator, dummy_batch
+from metaportrait_jax.models.generator import Generator
 from metaportrait_jax.train.checkpoint import save_model
+from tiny_models import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -22,7 +23,7 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     config = load_config(TINY)
-    variables = Generator(config.model).init(jax.random.key(0), dummy_batch(config.model))
+    variables = random_variables(config.model)
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
     save_model(path, config, variables)
     return path

@@ -1,5 +1,6 @@
 """Multi-process jobs on this machine (jax.distributed, gloo collectives, `launch/local.sh`): 2 processes x 2 devices
-end where 1 process x 4 devices ends, a checkpoint written by 2 processes resumes in 1, a killed process stops the
+end where 1 process x 4 devices ends (also with FSDP-sharded parameters), a checkpoint written by 2 processes
+resumes in 1, a killed process stops the
 job with an error within the heartbeat bound, and a signal to one process stops all at the same step."""
 
 import os
@@ -40,6 +41,9 @@ TINY = ["--workdir", "{workdir}", "--no-progress", "--config.data.source=tfds", 
 # (That also needs the same kernels in every process: local.sh gives each process one thread-pool size, see there.)
 FIXED_ORDER = "--config.train.gradient_reduction=fixed_order"
 FLOAT64 = "--config.train.compute_dtype=float64"
+# The float64 job's 2 processes also shard the large parameters over each process's 2 devices (FSDP), which the
+# 1-process runs do not: the same steps on another parameter layout, and a sharded checkpoint restored unsharded.
+FSDP = "--config.train.fsdp=2"
 
 # Every subcommand that runs as a multi-process job, one line each: it must run STEPS steps and keep Orbax
 # checkpoints in {workdir}/checkpoints/<step>/state (step STEPS - 1 included) and metrics.jsonl as `train` does.
@@ -91,10 +95,10 @@ def _assert_same_state(state: dict, reference: dict, exact: bool) -> None:
 def test_two_processes_end_where_one_ends_and_their_checkpoint_resumes_in_one(command, synthetic, tmp_path):
     one, two, resumed = (str(tmp_path / name) for name in ("one", "two", "resumed"))
     _run(1, 4, _argv(command, one, synthetic), str(tmp_path / "logs_one"))
-    _run(2, 2, _argv(command, two, synthetic), str(tmp_path / "logs_two"))
+    exact = FIXED_ORDER in command
+    _run(2, 2, _argv(command, two, synthetic) + ([] if exact else [FSDP]), str(tmp_path / "logs_two"))
     step, reference = latest_state(one)
     assert step == STEPS and latest_state(two)[0] == STEPS
-    exact = FIXED_ORDER in command
     _assert_same_state(latest_state(two)[1], reference, exact)
     assert logged_steps(two) == list(range(1, STEPS + 1))  # process 0 alone writes metrics: each step once
 

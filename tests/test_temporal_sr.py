@@ -22,7 +22,7 @@ from metaportrait_jax.data.pipeline import make_iterator, pair_example
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.data.sr_clips import sr_dataset
 from metaportrait_jax.eval.video import read_video_frames, to_uint8, write_mp4
-from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
+from metaportrait_jax.models.generator import BATCH_KEYS, Generator
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
 from metaportrait_jax.eval import metrics
@@ -33,6 +33,7 @@ from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_
 from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model, save_model
 from metaportrait_jax.train.sr_step import SRTrainer
 from official_torch_sr import ModulatedConv2d, OfficialTemporalSR
+from tiny_models import random_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = os.path.join(REPO, "..", "shared", "reference", "official_temporal_sr_state_dict.tsv")
@@ -318,7 +319,7 @@ def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
 
 def test_animate_chains_sr_after_the_base_model(tmp_path, capsys):
     base = load_config(os.path.join(REPO, "configs", "tiny.py"))
-    save_model(str(tmp_path / "base"), base, Generator(base.model).init(jax.random.key(0), dummy_batch(base.model)))
+    save_model(str(tmp_path / "base"), base, random_variables(base.model))
     sr = _config()
     sr.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)  # takes the tiny base model's 64² frames
     sr.inference.chunk_frames = 2
@@ -340,7 +341,7 @@ def test_base_model_outputs_can_be_the_training_inputs(tmp_path):
     data = build_synthetic(str(tmp_path / "data"), SyntheticPlan(64, train_identities=1, test_identities=0,
                                                                  frames_per_clip=3, target_scale=2))
     base = load_config(os.path.join(REPO, "configs", "tiny.py"), ["model.topology='synthetic'", "model.id_dim=64"])
-    save_model(str(tmp_path / "base"), base, Generator(base.model).init(jax.random.key(0), dummy_batch(base.model)))
+    save_model(str(tmp_path / "base"), base, random_variables(base.model))
     config = _sr_config(data, "data.input_source='base_model'", f"data.base_checkpoint={str(tmp_path / 'base')!r}",
                         "train.batch_size=1")
     config.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)

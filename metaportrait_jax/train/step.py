@@ -133,10 +133,13 @@ class Trainer:
         self.generator_tx, self.discriminator_tx = make_optimizers(self.train, self.stage,
                                                                    abstract[0]["params"])
 
-    def init_models(self, rng: jax.Array):
+    def init_models(self, rng: jax.Array, generator: dict[str, Any] | None = None):
+        """(generator, discriminator) variables: random ones, or the given generator's (not initialised at all,
+        which matters outside `jit`, where nothing unused is pruned)."""
         g_rng, d_rng = jax.random.split(rng)
         size = self.config.model.image_size
-        generator = self.generator.init(g_rng, dummy_batch(self.config.model))
+        if generator is None:
+            generator = self.generator.init(g_rng, dummy_batch(self.config.model))
         discriminator = self.discriminator.init(d_rng, jnp.zeros((1, size, size, 3)))
         return dict(generator), dict(discriminator)
 
@@ -146,8 +149,7 @@ class Trainer:
                    generator: dict[str, Any] | None = None) -> TrainState:
         """A fresh state; `generator` variables (e.g. a checkpoint's) replace the random generator if given. Its
         floating-point arrays are float32, or float64 with `train.compute_dtype='float64'` (exactness checks)."""
-        initial_generator, discriminator = self.init_models(rng)
-        generator = initial_generator if generator is None else dict(generator)
+        generator, discriminator = self.init_models(rng, generator)
         state = TrainState(step=jnp.zeros((), jnp.int32), generator=generator, discriminator=discriminator,
                            generator_opt=self.generator_tx.init(generator["params"]),
                            discriminator_opt=self.discriminator_tx.init(discriminator["params"]),
