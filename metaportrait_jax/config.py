@@ -8,8 +8,10 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from metaportrait_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override the user gave is unusable."""
 
 

@@ -20,7 +20,7 @@ from metaportrait_jax.data import preprocess as pp  # noqa: E402
 from metaportrait_jax.data.pipeline import pair_example  # noqa: E402
 from metaportrait_jax.data.raw_inputs import _fill_from_nearest, prepare_driving, prepare_source  # noqa: E402
 from metaportrait_jax.eval.animate import animate_portrait  # noqa: E402
-from metaportrait_jax.eval.video import read_video_frames, to_uint8, write_mp4  # noqa: E402
+from metaportrait_jax.media.video import read_video_frames, to_uint8, write_mp4  # noqa: E402
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator  # noqa: E402
 from metaportrait_jax.ops.retarget import relative_landmarks  # noqa: E402
 from metaportrait_jax.ops.topology import get_topology  # noqa: E402

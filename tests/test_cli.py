@@ -11,7 +11,7 @@ import pytest
 from metaportrait_jax.cli import main
 from metaportrait_jax.config import load_config
 from metaportrait_jax.data.official_layout import write_sample_layout
-from metaportrait_jax.eval.video import read_video_frames
+from metaportrait_jax.media.video import read_video_frames
 from metaportrait_jax.models.generator import Generator
 from metaportrait_jax.train.checkpoint import save_model
 from tiny_models import random_variables
@@ -49,7 +49,7 @@ def test_animate_official_layout_end_to_end(tiny_checkpoint, tmp_path):
 
 def test_animate_matches_a_direct_forward(tiny_checkpoint, tmp_path):
     from metaportrait_jax.data.official_layout import OfficialLayout
-    from metaportrait_jax.eval.video import to_uint8
+    from metaportrait_jax.media.video import to_uint8
     from metaportrait_jax.ops.topology import get_topology
     from metaportrait_jax.train.checkpoint import load_model
 
@@ -67,7 +67,8 @@ def test_animate_matches_a_direct_forward(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("breakage,expected", [
-    (lambda d: os.remove(os.path.join(d, "0", "ldmks", "00000001_ldmk.npy")), "files ldmks"),
+    (lambda d: os.remove(os.path.join(d, "0", "ldmks", "00000001_ldmk.npy")),
+     "imgs/00000001.png has no ldmks/00000001_ldmk.npy"),
     (lambda d: os.rename(os.path.join(d, "0", "ldmks", "00000001_ldmk.npy"),
                          os.path.join(d, "0", "ldmks", "00000009_ldmk.npy")), "does not match frame"),
     (lambda d: np.save(os.path.join(d, "src_1_ldmk.npy"), np.zeros((68, 2))), "src_1_ldmk.npy: landmarks"),

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from metaportrait_jax.eval.video import read_video_frames
+from metaportrait_jax.media.video import read_video_frames
 from run_tools import device_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -150,7 +150,7 @@ def test_real_faces_in_the_official_layout(synthetic, tmp_path):
     from test_preprocess import _moved_faces
 
     from metaportrait_jax.data.preprocess import preprocess
-    from metaportrait_jax.eval.video import write_mp4
+    from metaportrait_jax.media.video import write_mp4
 
     faces, _ = _moved_faces()
     videos = tmp_path / "videos"

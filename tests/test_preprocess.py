@@ -17,7 +17,7 @@ from metaportrait_jax.cli import main  # noqa: E402
 from metaportrait_jax.data import preprocess as pp  # noqa: E402
 from metaportrait_jax.data.official_layout import OfficialLayout, read_src_map  # noqa: E402
 from metaportrait_jax.data.sources import TfdsFrames  # noqa: E402
-from metaportrait_jax.eval.video import write_mp4  # noqa: E402
+from metaportrait_jax.media.video import write_mp4  # noqa: E402
 from metaportrait_jax.ops.topology import get_topology  # noqa: E402
 
 BLACK_AT = 4      # three black frames are inserted before moved frame 4

@@ -21,11 +21,12 @@ from metaportrait_jax.data.official_layout import DataError, write_sample_layout
 from metaportrait_jax.data.pipeline import make_iterator, pair_example
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.data.sr_clips import sr_dataset
-from metaportrait_jax.eval.video import read_video_frames, to_uint8, write_mp4
+from metaportrait_jax.media.video import read_video_frames, to_uint8, write_mp4
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
 from metaportrait_jax.eval import metrics
+from metaportrait_jax.eval.animate import checkpoint_renderer
 from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip, sr_stream
 from metaportrait_jax.eval.sr_quality import evaluate_sr
 from metaportrait_jax.models.config import temporal_sr_config
@@ -346,7 +347,7 @@ def test_base_model_outputs_can_be_the_training_inputs(tmp_path):
                         "train.batch_size=1")
     config.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)
     frames = TfdsFrames(data, "train")
-    dataset, spec = sr_dataset(config, frames)
+    dataset, spec = sr_dataset(config, frames, render=checkpoint_renderer(str(tmp_path / "base"), 64))
     batch = next(make_iterator(dataset, spec))
     assert batch["inputs"].shape == (1, 3, 64, 64, 3) and batch["targets"].shape == (1, 3, 128, 128, 3)
     variables = load_model(str(tmp_path / "base"))[1]

@@ -21,8 +21,9 @@ import numpy as np
 from flax import traverse_util
 
 from metaportrait_jax.convert.torch_reader import load_torch_file
+from metaportrait_jax.errors import UserError
 from metaportrait_jax.train.checkpoint import (abstract_discriminator_variables, abstract_generator_variables,
-                                               save_model)
+                                               load_model, save_model)
 
 _log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _PARAMS = "params"
 _LIST_LIMIT = 20
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A state dict does not fit the model the config describes; the message lists every offending key."""
 
 
@@ -315,6 +316,20 @@ def fold_spectral_norm(variables: Mapping[str, Any], config: ml_collections.Conf
     if set(expected) != {(_PARAMS, *k) for k in folded}:
         raise ValueError("fold_spectral_norm: the folded parameters do not match the SN-free generator's tree")
     return {_PARAMS: traverse_util.unflatten_dict(folded)}
+
+
+def load_sn_free_generator(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """A model checkpoint's generator as plain weights: (config with `model.use_sn=False`, `{"params": ...}`).
+
+    Spectral norm, if the checkpoint has it, is folded into the kernels (the official `--remove_sn`: σ from the
+    stored u, v), so the outputs are those of the checkpoint in eval mode. Meta-training and personalisation start
+    here: they adapt the actual weights.
+    """
+    config, variables, _ = load_model(directory)
+    if "spectral" in variables:
+        variables = fold_spectral_norm(variables, config)
+        config.model.use_sn = False
+    return config, {"params": variables["params"]}
 
 
 def convert_official_base(checkpoint_path: str, output_dir: str, config: ml_collections.ConfigDict) -> None:

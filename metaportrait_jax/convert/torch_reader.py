@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from metaportrait_jax.errors import UserError
 
-class TorchFileError(ValueError):
+
+class TorchFileError(UserError):
     """A file is not a readable torch zip checkpoint."""
 
 

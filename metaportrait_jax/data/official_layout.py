@@ -18,11 +18,12 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
+from metaportrait_jax.errors import UserError
 from metaportrait_jax.ops.rasterize import landmark_line_image
 from metaportrait_jax.ops.topology import Topology, gaze_points, landmark_subset, mouth_mask
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Input data is missing, mismatched or malformed; the message names the file."""
 
 
@@ -107,9 +108,16 @@ class OfficialLayout:
         thetas = frame_files("thetas", "*_theta.npy")
         if not images:
             raise DataError(f"{root}: no driving frames found under <k>/imgs/")
-        for files, label in ((ldmks, "ldmks/*_ldmk.npy"), (thetas, "thetas/*_theta.npy")):
+        stems = [os.path.splitext(os.path.basename(image))[0] for image in images]
+        for files, sub, suffix in ((ldmks, "ldmks", "_ldmk.npy"), (thetas, "thetas", "_theta.npy")):
             if len(files) != len(images):
-                raise DataError(f"{root}: {len(images)} frames in imgs/ but {len(files)} files {label}")
+                have = {os.path.basename(p) for p in files}
+                missing = [image for image, stem in zip(images, stems) if stem + suffix not in have]
+                extra = sorted(have - {stem + suffix for stem in stems})
+                culprits = ([f"{image} has no {sub}/{stem}{suffix}" for image, stem in zip(images, stems)
+                             if image in missing] + [f"{sub}/{name} has no frame in imgs/" for name in extra])
+                raise DataError(f"{root}: {len(images)} frames in imgs/ but {len(files)} files {sub}/*{suffix}: "
+                                f"{'; '.join(culprits[:5])}{'; ...' if len(culprits) > 5 else ''}")
         frames = []
         for image, ldmk, theta in zip(images, ldmks, thetas):
             stem = os.path.splitext(os.path.basename(image))[0]

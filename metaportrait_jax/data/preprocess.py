@@ -42,7 +42,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from metaportrait_jax.data.official_layout import DataError, read_src_map
-from metaportrait_jax.eval.video import read_video_frames
+from metaportrait_jax.errors import UserError
+from metaportrait_jax.media.video import read_video_frames
 
 TOPOLOGY = "mediapipe478"
 MANIFEST = "preprocess_manifest.json"
@@ -59,7 +60,7 @@ _VIDEO_ERRORS = (OSError, RuntimeError, ValueError)
 _IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
-class MissingToolsError(RuntimeError):
+class MissingToolsError(UserError):
     """dlib, its model files or MediaPipe are not installed."""
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.data.preprocess import (DETECTION_SAMPLES, FaceTools, crop_and_resize, crop_identity,
                                               detection_sample_indices, median_face_box, square_crop)
-from metaportrait_jax.eval.video import iterate_video_frames, video_length_and_fps
+from metaportrait_jax.media.video import iterate_video_frames, video_length_and_fps
 
 _VIDEO_ERRORS = (OSError, RuntimeError, ValueError)  # what the ffmpeg reader raises for unreadable input
 

@@ -9,6 +9,8 @@ the size). Inputs (`config.data.input_source`):
   model's PNGs are.
 """
 
+from collections.abc import Callable
+
 import grain
 import ml_collections
 import numpy as np
@@ -16,23 +18,17 @@ import numpy as np
 from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, pair_example
 from metaportrait_jax.data.sources import FrameSource
-from metaportrait_jax.eval.video import to_uint8
+from metaportrait_jax.media.video import to_uint8
 from metaportrait_jax.models.generator import BATCH_KEYS
 
 INPUT_SOURCES = ("render", "base_model")
 
 
 class BaseModelInputs:
-    """Replaces a batch's input frames by the base model's reconstruction of them (one jitted forward per clip)."""
+    """Replaces a batch's input frames by the base model's reconstruction of them (one `render` call per clip)."""
 
-    def __init__(self, frames: FrameSource, checkpoint: str):
-        from metaportrait_jax.eval.animate import generator_forward
-        from metaportrait_jax.train.checkpoint import load_model
-
-        config, self.variables, _ = load_model(checkpoint)
-        if config.get("task") is not None or config.model.image_size != frames.image_size:
-            raise DataError(f"data.base_checkpoint {checkpoint}: needs a base model of image size {frames.image_size}")
-        self.frames, self.forward = frames, generator_forward(config.model)
+    def __init__(self, frames: FrameSource, render: Callable[[dict[str, np.ndarray]], np.ndarray]):
+        self.frames, self.render = frames, render
 
     def __call__(self, first_record: int, length: int) -> np.ndarray:
         clips = self.frames.clips
@@ -40,14 +36,18 @@ class BaseModelInputs:
         source = self.frames[int(clips.source[clip])]
         examples = [pair_example(source, self.frames[r], source["identity"], self.frames.topology)
                     for r in range(first_record, first_record + length)]
-        batch = {k: np.stack([e[k] for e in examples]) for k in BATCH_KEYS}
-        prediction = np.asarray(self.forward(self.variables, batch)["prediction"])
+        prediction = self.render({k: np.stack([e[k] for e in examples]) for k in BATCH_KEYS})
         return to_uint8(prediction).astype(np.float32) / 255
 
 
 def sr_dataset(config: ml_collections.ConfigDict, frames: FrameSource, process_index: int = 0,
-               process_count: int = 1) -> tuple[grain.MapDataset, PipelineSpec]:
-    """This process's share of every global batch of training clips, and the pipeline spec (for `make_iterator`)."""
+               process_count: int = 1, render: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+               ) -> tuple[grain.MapDataset, PipelineSpec]:
+    """This process's share of every global batch of training clips, and the pipeline spec (for `make_iterator`).
+
+    `render` (needed with `data.input_source='base_model'`): the base model of `data.base_checkpoint`, mapping a
+    batch of generator inputs (`BATCH_KEYS`) to its predictions `[N, H, W, 3]` in [0, 1]
+    (`eval.animate.checkpoint_renderer`)."""
     data, train = config.data, config.train
     record = frames[0]
     if "image_hr" not in record:
@@ -60,7 +60,9 @@ def sr_dataset(config: ml_collections.ConfigDict, frames: FrameSource, process_i
         raise DataError(f"data.input_source must be one of {INPUT_SOURCES}, got {data.input_source!r}")
     if data.input_source == "base_model" and not data.base_checkpoint:
         raise DataError("data.input_source='base_model' needs data.base_checkpoint (a base model checkpoint)")
-    base = BaseModelInputs(frames, data.base_checkpoint) if data.input_source == "base_model" else None
+    if data.input_source == "base_model" and render is None:
+        raise TypeError("sr_dataset: data.input_source='base_model' needs the base model as `render`")
+    base = BaseModelInputs(frames, render) if data.input_source == "base_model" else None
     spec = PipelineSpec("clips", train.batch_size, seed=config.seed, clip_length=train.clip_length,
                         workers=data.workers)
 

@@ -19,7 +19,7 @@ from metaportrait_jax.data.pipeline import pair_example
 from metaportrait_jax.data.preprocess import FaceTools
 from metaportrait_jax.data.raw_inputs import prepare_driving, prepare_source
 from metaportrait_jax.data.sources import FrameSource
-from metaportrait_jax.eval.video import to_uint8, write_mp4, write_mp4_atomic
+from metaportrait_jax.media.video import to_uint8, write_mp4, write_mp4_atomic
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator
 from metaportrait_jax.ops.retarget import motion_targets
 from metaportrait_jax.ops.topology import get_topology
@@ -64,6 +64,16 @@ def generator_forward(model_config):
         frozen = copy.deepcopy(model_config)  # later edits of the caller's config must not reach the cached function
         _FORWARDS[key] = jax.jit(lambda v, b: Generator(frozen).apply(v, b))
     return _FORWARDS[key]
+
+
+def checkpoint_renderer(checkpoint: str, image_size: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """A base model checkpoint as `render(batch) -> predictions [N, H, W, 3]` (numpy, [0, 1]): the temporal SR
+    pipeline's `data.input_source='base_model'` inputs."""
+    config, variables, _ = load_model(checkpoint)
+    if config.get("task") is not None or config.model.image_size != image_size:
+        raise DataError(f"data.base_checkpoint {checkpoint}: needs a base model of image size {image_size}")
+    forward = generator_forward(config.model)
+    return lambda batch: np.asarray(forward(variables, batch)["prediction"])
 
 
 def generate(forward, variables, examples: Iterable[dict[str, np.ndarray]], batch_size: int,

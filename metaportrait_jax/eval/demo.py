@@ -7,7 +7,7 @@ from PIL import Image
 
 from metaportrait_jax.data.sources import FrameSource
 from metaportrait_jax.eval.animate import animate_frames
-from metaportrait_jax.eval.video import write_mp4
+from metaportrait_jax.media.video import write_mp4
 
 
 def animation(forward, frames: FrameSource, persons: list[int], one_shot: dict, personalised: dict[int, dict],

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metaportrait_jax.data.official_layout import DataError
-from metaportrait_jax.eval.video import to_uint8, write_mp4
+from metaportrait_jax.media.video import to_uint8, write_mp4
 from metaportrait_jax.models.temporal_sr import TemporalSR, temporal_depth
 from metaportrait_jax.config import config_from_json
 from metaportrait_jax.train.checkpoint import CONFIG_FILE, TEMPORAL_SR, CheckpointError, load_model

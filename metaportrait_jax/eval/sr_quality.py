@@ -16,7 +16,7 @@ from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.eval import metrics
 from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip, load_sr_model
-from metaportrait_jax.eval.video import to_uint8
+from metaportrait_jax.media.video import to_uint8
 from metaportrait_jax.models.temporal_sr import upsample2
 
 

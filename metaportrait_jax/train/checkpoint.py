@@ -14,6 +14,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from metaportrait_jax.errors import UserError
 from metaportrait_jax.config import ConfigError, config_from_json, save_config
 from metaportrait_jax.models.discriminator import Discriminator
 from metaportrait_jax.models.generator import Generator, dummy_batch
@@ -24,7 +25,7 @@ MODEL_SUBDIR = "model"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A directory is not a usable model checkpoint (or would overwrite one)."""
 
 
@@ -134,22 +135,6 @@ def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any
     restored = checkpointer.restore(model_dir, target)
     checkpointer.close()
     return config, restored["generator"], restored.get("discriminator")
-
-
-def load_sn_free_generator(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """A model checkpoint's generator as plain weights: (config with `model.use_sn=False`, `{"params": ...}`).
-
-    Spectral norm, if the checkpoint has it, is folded into the kernels (the official `--remove_sn`: σ from the
-    stored u, v), so the outputs are those of the checkpoint in eval mode. Meta-training and personalisation start
-    here: they adapt the actual weights.
-    """
-    from metaportrait_jax.convert.official_base import fold_spectral_norm  # converters build on this module
-
-    config, variables, _ = load_model(directory)
-    if "spectral" in variables:
-        variables = fold_spectral_norm(variables, config)
-        config.model.use_sn = False
-    return config, {"params": variables["params"]}
 
 
 def check_same_model(have: ml_collections.ConfigDict, want: ml_collections.ConfigDict, source: str) -> None:

@@ -35,6 +35,8 @@ from typing import NoReturn
 import jax
 from jax.sharding import Mesh
 
+from metaportrait_jax.errors import UserError
+
 DEFAULT_HEARTBEAT_TIMEOUT = 60   # seconds; JAX's default is 100
 DEFAULT_SHUTDOWN_TIMEOUT = 300   # seconds a finished process waits at exit for the others to finish too
 JOBSET_COORDINATOR_PORT = 8476   # any free port works inside a pod; the manifest's containerPort must match
@@ -71,11 +73,11 @@ def first_slurm_host(nodelist: str) -> str:
     prefix, ranges, rest = first.groups()
     if ranges is None:
         if not prefix:
-            raise ValueError(f"cannot read a host name from the SLURM node list {nodelist!r}")
+            raise UserError(f"cannot read a host name from the SLURM node list {nodelist!r}")
         return prefix
     start = re.split(r"[,-]", ranges)[0]
     if not start:
-        raise ValueError(f"cannot read a host name from the SLURM node list {nodelist!r}")
+        raise UserError(f"cannot read a host name from the SLURM node list {nodelist!r}")
     suffix = first_slurm_host(rest) if rest and not rest.startswith(",") else ""
     return prefix + start + suffix
 
@@ -84,7 +86,7 @@ def _integer(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(environ[name])
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {environ[name]!r}") from None
+        raise UserError(f"{name} must be an integer, got {environ[name]!r}") from None
 
 
 def _slurm(environ: Mapping[str, str]) -> dict | None:
@@ -112,7 +114,7 @@ def _jobset(environ: Mapping[str, str]) -> dict | None:
     if "JOB_COMPLETION_INDEX" not in environ or "JOBSET_NAME" not in environ:
         return None
     if environ.get("JOB_INDEX", "0") != "0":
-        raise ValueError(f"JOB_INDEX={environ['JOB_INDEX']}: give the replicated job one replica whose parallelism "
+        raise UserError(f"JOB_INDEX={environ['JOB_INDEX']}: give the replicated job one replica whose parallelism "
                          f"is the number of hosts (processes are numbered by JOB_COMPLETION_INDEX)")
     name = environ["JOBSET_NAME"]
     job = environ.get("REPLICATED_JOB_NAME", "workers")
@@ -125,7 +127,7 @@ def _jobset(environ: Mapping[str, str]) -> dict | None:
 def _timeout(environ: Mapping[str, str], name: str, default: int) -> int:
     value = _integer(environ, name) if name in environ else default
     if value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+        raise UserError(f"{name} must be a positive number of seconds, got {value}")
     return value
 
 
@@ -146,7 +148,7 @@ def process_group(environ: Mapping[str, str] | None = None, coordinator: str | N
             variables[field] = environ[name] if field == "coordinator" else _integer(environ, name)
     mode = environ.get("METAPORTRAIT_DISTRIBUTED", "")
     if mode not in ("", "auto"):
-        raise ValueError(f"METAPORTRAIT_DISTRIBUTED must be 'auto' or unset, got {mode!r}")
+        raise UserError(f"METAPORTRAIT_DISTRIBUTED must be 'auto' or unset, got {mode!r}")
     if mode == "auto" and not explicit and not variables:
         return ProcessGroup("jax", None, None, None, **timeouts)
     cluster, cluster_name = _slurm(environ), "slurm"
@@ -158,17 +160,17 @@ def process_group(environ: Mapping[str, str] | None = None, coordinator: str | N
     source = "flags" if explicit else "environment" if variables else cluster_name
     missing = [field for field in ("coordinator", "num_processes", "process_id") if field not in merged]
     if missing:
-        raise ValueError(f"a multi-process run needs a coordinator address, a process count and a process id; "
+        raise UserError(f"a multi-process run needs a coordinator address, a process count and a process id; "
                          f"missing {', '.join(missing)} (flags --coordinator/--num-processes/--process-id or "
                          f"METAPORTRAIT_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID)")
     host, _, port = merged["coordinator"].rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"the coordinator address must look like host:port, got {merged['coordinator']!r}")
+        raise UserError(f"the coordinator address must look like host:port, got {merged['coordinator']!r}")
     count, index = merged["num_processes"], merged["process_id"]
     if count < 1:
-        raise ValueError(f"the process count must be positive, got {count}")
+        raise UserError(f"the process count must be positive, got {count}")
     if not 0 <= index < count:
-        raise ValueError(f"the process id must be in [0, {count}), got {index}")
+        raise UserError(f"the process id must be in [0, {count}), got {index}")
     if count == 1:
         return None
     # SLURM's one-device-per-task rule only holds for processes that SLURM numbered

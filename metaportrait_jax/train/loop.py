@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import ml_collections
@@ -121,15 +121,20 @@ class MetricsLog:
             self.writer.close()
 
 
+class RunOutcome(NamedTuple):
+    state: Any                   # the final train state
+    done: bool                   # False if a signal stopped the run early
+    history: list[dict[str, float]]  # the rows this invocation logged (also in metrics.jsonl), step included
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[[dict | None], BatchIterator],
-        trainer: Steppable, init_args: tuple = (), progress: bool = True) -> tuple[Any, bool]:
+        trainer: Steppable, init_args: tuple = (), progress: bool = True) -> RunOutcome:
     """Trains `config.train.steps` steps of `trainer` (resuming from the latest checkpoint in `workdir`); returns
     the state. A fresh state is `trainer.start(trainer.init_state(rng, *init_args))` (arguments, not constants
     closed over, so large pretrained weights do not slow compilation).
 
     Stops early, after saving, on SIGTERM/SIGINT or once `config.train.max_seconds` (if > 0) have passed after
     this run's first step (which compiles: the budget is for training, whatever the compiler's speed).
-    Returns (state, done): done unless a signal stopped it.
     """
     train = config.train
     os.makedirs(workdir, exist_ok=True)
@@ -181,7 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    data=ocp.args.JsonSave(batches.get_state())), force=force)
 
-    preempted = False
+    preempted, history = False, []
     with Preemption() as preemption:
         tic = began = time.perf_counter()
         logged = start
@@ -200,6 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
                 values["elapsed_seconds"] = time.perf_counter() - began  # this run's wall time, compile included
                 tic, logged = time.perf_counter(), step
                 log.scalars(step, values)
+                history.append({"step": step, **values})
                 if bar is not None:
                     bar.set_postfix(loss=f"{values[trainer.progress_metric]:.4f}",
                                     sps=f"{values['steps_per_second']:.2f}")
@@ -216,7 +222,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     log.close()
     if bar is not None:
         bar.close()
-    return state, not preempted
+    return RunOutcome(state, not preempted, history)
+
+
+def read_history(workdir: str) -> list[dict[str, float]]:
+    """Every row a run in `workdir` logged (metrics.jsonl), e.g. of runs finished by an earlier invocation."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def any_process(*flags: bool) -> tuple[bool, ...]:
