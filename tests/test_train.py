@@ -72,7 +72,8 @@ def test_fixed_order_reduction_sums_gathered_gradients_without_an_all_reduce(syn
         trainers = {reduction: Trainer(_config("full", f"train.gradient_reduction={reduction!r}",
                                                "train.compute_dtype='float64'"), perceptual[0])
                     for reduction in ("fixed_order", "all_reduce")}
-        initial = jax.device_get(jax.jit(trainers["all_reduce"].init_state)(jax.random.key(0), perceptual[1]))
+        initial = jax.device_get(jax.jit(trainers["all_reduce"].init_state)(
+            jax.random.key(0), perceptual[1], None, random_variables(trainers["all_reduce"].config.model)))
         for reduction, devices in (("fixed_order", jax.devices()), ("all_reduce", jax.devices()[:1])):
             mesh = make_mesh(devices=devices)
             trainer, sharding = trainers[reduction], tree_sharding(initial, mesh)
@@ -119,7 +120,8 @@ def test_bf16_compute_gives_finite_losses_close_to_fp32(synthetic, perceptual):
     for dtype in ("float32", "bfloat16"):
         trainer = Trainer(_config("warp", f"train.compute_dtype={dtype!r}"), perceptual[0])
         if state is None:  # one start for both: the state is float32 either way
-            state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1])
+            state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1], None,
+                                                random_variables(trainer.config.model))
         new_state, metrics = jax.jit(trainer.step)(state, jax.tree.map(jnp.asarray, batch))
         losses[dtype] = float(metrics["generator_loss"])
         assert new_state.generator["params"]["ladder_network"]["fc"]["kernel"].dtype == jnp.float32
@@ -195,7 +197,8 @@ def test_identity_loss_uses_the_pluggable_encoder(synthetic, perceptual):
     with pytest.raises(ValueError, match="needs an identity encoder"):
         Trainer(config, perceptual[0])
     trainer = Trainer(config, perceptual[0], encoder)
-    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1], encoder_variables)
+    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1], encoder_variables,
+                                        random_variables(config.model))
     batch = jax.tree.map(jnp.asarray, _batches(synthetic, 1, 2)[0])
 
     def identity_loss(params, state, batch):
