@@ -70,12 +70,13 @@ def tiny():
 
 def test_tiny_forward_shapes_and_warp_stage(tiny):
     config, batch, variables = tiny
-    out = Generator(config).apply(variables, batch)
+    apply = jax.jit(Generator(config).apply, static_argnames="stage")  # compiled whole: op by op takes longer
+    out = apply(variables, batch)
     assert out["prediction"].shape == (2, 64, 64, 3) and out["deformed"].shape == (2, 64, 64, 3)
     assert out["flow"].shape == (2, 16, 16, 2) and out["deformation"].shape == (2, 16, 16, 2)
     assert out["occlusion_map"].shape == (2, 64, 64, 1)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
-    warp = Generator(config).apply(variables, batch, stage="warp")
+    warp = apply(variables, batch, stage="warp")
     assert set(warp) == set(out) - {"prediction"}
     for k in warp:
         np.testing.assert_allclose(warp[k], out[k], atol=1e-6)
@@ -85,12 +86,12 @@ def test_tiny_forward_shapes_and_warp_stage(tiny):
 
 def test_spectral_norm_train_iterates_eval_does_not(tiny):
     config, batch, variables = tiny
-    _, updated = Generator(config).apply(variables, batch, train=True, mutable=["spectral"])
+    _, updated = jax.jit(lambda v, b: Generator(config).apply(v, b, train=True, mutable=["spectral"]))(variables, batch)
     before = jax.tree_util.tree_leaves(variables["spectral"])
     after = jax.tree_util.tree_leaves(updated["spectral"])
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
-    out1 = Generator(config).apply(variables, batch)
-    out2 = Generator(config).apply(variables, batch)
+    apply = jax.jit(Generator(config).apply)
+    out1, out2 = apply(variables, batch), apply(variables, batch)
     np.testing.assert_array_equal(out1["prediction"], out2["prediction"])
 
 
@@ -109,10 +110,10 @@ def test_output_activation_and_aligned_switches(tiny):
     switched.output_activation = "sigmoid"
     switched.grid_convention = "aligned"
     switched.line_resize_chain = False
-    out = Generator(switched).apply(variables, batch)
+    out = jax.jit(Generator(switched).apply)(variables, batch)
     assert float(out["prediction"].min()) >= 0
-    default = Generator(config).apply(variables, batch)
+    default = jax.jit(Generator(config).apply)(variables, batch)
     assert not np.allclose(out["deformed"], default["deformed"])
     switched.output_activation = "relu"
     with pytest.raises(ValueError, match="output_activation"):
-        Generator(switched).apply(variables, batch)
+        jax.eval_shape(Generator(switched).apply, variables, batch)  # refused while tracing: nothing runs
