@@ -127,3 +127,17 @@ def test_bad_train_config_is_refused_before_any_data_are_built(tmp_path, capsys)
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
         assert not data_dir.exists()
+
+
+def test_every_public_api_name_resolves_and_the_cli_calls_only_the_api():
+    from metaportrait_jax import api
+
+    assert all(getattr(api, name) is not None for name in api.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'train_from_config'"):
+        api.train_from_config  # noqa: B018
+    with open(os.path.join(REPO, "metaportrait_jax", "cli.py")) as f:
+        source = f.read()
+    imported = {line.split()[1] for line in source.splitlines() if line.lstrip().startswith(("import ", "from "))}
+    # besides the API: config files, the error class, and leaving a failed multi-process job
+    assert {m for m in imported if m.startswith("metaportrait_jax")} == {
+        "metaportrait_jax", "metaportrait_jax.config", "metaportrait_jax.errors", "metaportrait_jax.train.distributed"}
