@@ -10,10 +10,9 @@ import traceback
 from collections.abc import Sequence
 
 from metaportrait_jax import api  # its names load on first use: parsing stays fast
-from metaportrait_jax.config import load_config
+from metaportrait_jax.config import REPO_CONFIGS, load_config
 from metaportrait_jax.errors import UserError
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 TAKES_OVERRIDES = ("summary", "convert", "train", "meta-train", "benchmark", "demo")
 # OS errors a user's path causes; any other exception is a bug and keeps its traceback
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -28,7 +27,7 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str]) -> None:
         print(api.summarize(load_config(args.config, overrides), args.config))
     elif command == "convert":
         default = "official_256.py" if args.what == "official-base" else "temporal_sr.py"
-        config = load_config(args.config or os.path.join(CONFIGS, default), overrides)
+        config = load_config(args.config or os.path.join(REPO_CONFIGS, default), overrides)
         if _call(api.convert, args, config=config).fresh_temporal_windows:
             print("no temporal windows in the checkpoint (GFPGAN v1.3): they start afresh, as in official training")
         print(f"wrote {args.output}")
@@ -115,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaportrait-jax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="parameters per sub-network and GMACs per frame")
-    p.add_argument("--config", default=os.path.join(CONFIGS, "official_256.py"))
+    p.add_argument("--config", default=os.path.join(REPO_CONFIGS, "official_256.py"))
 
     p = sub.add_parser("convert", help="convert official PyTorch checkpoints (read without executing pickled code)")
     p.add_argument("what", choices=["official-base", "official-sr"], help="ckpt_base.pth.tar; temporal_gfpgan.pth")

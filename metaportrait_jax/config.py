@@ -10,6 +10,9 @@ import ml_collections
 
 from metaportrait_jax.errors import UserError
 
+# The recipes of this checkout (configs/ beside the package): the CLI's defaults and the demo's stages.
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
 
 class ConfigError(UserError):
     """A config file or override the user gave is unusable."""

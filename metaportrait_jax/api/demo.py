@@ -12,7 +12,7 @@ import matplotlib
 import ml_collections
 
 from metaportrait_jax.api.training import train
-from metaportrait_jax.config import apply_overrides, load_config
+from metaportrait_jax.config import REPO_CONFIGS, apply_overrides, load_config
 from metaportrait_jax.convert.official_base import load_sn_free_generator
 from metaportrait_jax.data.datasets import build_synthetic
 from metaportrait_jax.data.sources import TfdsFrames
@@ -21,8 +21,6 @@ from metaportrait_jax.eval.adaptation import EVAL_STEPS, AdaptationCurves, write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the headless backend is chosen)
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +48,7 @@ class DemoResult:
 def _recipe(name: str, output: str, settings: DemoSettings, steps: int, overrides: Sequence[str],
             fields: dict) -> ml_collections.ConfigDict:
     """configs/<name>:tiny with the demo's settings and `fields` ({"a.b": value}), then the user's overrides."""
-    config = load_config(os.path.join(CONFIGS, f"{name}.py:tiny"))
+    config = load_config(os.path.join(REPO_CONFIGS, f"{name}.py:tiny"))
     config.update_from_flattened_dict({"data.data_dir": os.path.join(output, "data"), "train.image_every": 50,
                                        "train.checkpoint_every": 100, "train.steps": steps,
                                        "train.decay_steps": (steps,), "seed": settings.seed, **fields})

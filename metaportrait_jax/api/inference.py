@@ -11,8 +11,8 @@ from metaportrait_jax.data import datasets
 from metaportrait_jax.data.preprocess import TOPOLOGY, PreprocessReport, format_report, preprocess
 from metaportrait_jax.errors import UserError
 from metaportrait_jax.eval import animate as animation
-from metaportrait_jax.eval.enhance import enhance_folder, enhance_written_frames, sr_checkpoint_config, sr_stream
 from metaportrait_jax.eval import evaluate as evaluation
+from metaportrait_jax.eval.enhance import enhance_folder, enhance_written_frames, sr_checkpoint_config, sr_stream
 from metaportrait_jax.eval.evaluate import markdown_report
 from metaportrait_jax.models.summary import format_summary, model_summary
 

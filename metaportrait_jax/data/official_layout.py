@@ -112,10 +112,10 @@ class OfficialLayout:
         for files, sub, suffix in ((ldmks, "ldmks", "_ldmk.npy"), (thetas, "thetas", "_theta.npy")):
             if len(files) != len(images):
                 have = {os.path.basename(p) for p in files}
-                missing = [image for image, stem in zip(images, stems) if stem + suffix not in have]
-                extra = sorted(have - {stem + suffix for stem in stems})
                 culprits = ([f"{image} has no {sub}/{stem}{suffix}" for image, stem in zip(images, stems)
-                             if image in missing] + [f"{sub}/{name} has no frame in imgs/" for name in extra])
+                             if stem + suffix not in have] +
+                            [f"{sub}/{name} has no frame in imgs/"
+                             for name in sorted(have - {stem + suffix for stem in stems})])
                 raise DataError(f"{root}: {len(images)} frames in imgs/ but {len(files)} files {sub}/*{suffix}: "
                                 f"{'; '.join(culprits[:5])}{'; ...' if len(culprits) > 5 else ''}")
         frames = []
