@@ -68,6 +68,7 @@ def pretrain_config(stage: str, variant: str) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
     synthetic, id_dim = VARIANTS[variant]
     config = ml_collections.ConfigDict()
+    config.task = "generator"           # train/tasks.py: what trains (trainer, input pipeline, export)
     config.model = generator_config(variant)
     config.model.id_dim = id_dim
     config.model.topology = "synthetic"  # the landmarks of the default data; set to the data's own otherwise
@@ -75,6 +76,9 @@ def pretrain_config(stage: str, variant: str) -> ml_collections.ConfigDict:
     config.train = train_defaults(stage)
     config.data = data_defaults(synthetic)
     config.init_from = ""
+    # what a fresh run takes from `init_from`: the generator's top-level modules (official Full stage: the warping
+    # network's two)
+    config.init_modules = ("ladder_network", "dense_motion_network")
     config.inference = ml_collections.ConfigDict(dict(batch_size=8, fps=23.98))
     config.train.pyramid_scales = pyramid_scales(config.model.image_size)
     return config
@@ -102,6 +106,8 @@ def meta_config(variant: str) -> ml_collections.ConfigDict:
     """Meta-training from a pretrained model (`init_from`, spectral norm folded on load): outer Adam at lr 2e-5
     (warp ×0.1), ×0.1 after 2 of 5 epochs' worth of steps, clip 0.3, no GAN; the meta section above."""
     config = pretrain_config("full", variant)
+    config.task = "meta"
+    del config.init_modules             # meta-training starts from the whole (SN-folded) init_from model
     config.model.use_sn = False
     config.train.learning_rate = 2e-5
     config.train.steps = 500
@@ -118,6 +124,7 @@ def personalization_config(model: ml_collections.ConfigDict, steps: int, seconds
     """Fine-tuning one person's model: the meta inner loop's recipe (Adam(0.5, 0.999) at `learning_rate`, warping
     network ×0.1, clip 0.3, generator losses without GAN, no schedule) for `steps` steps or `seconds` of wall time."""
     config = ml_collections.ConfigDict()
+    config.task = "generator"
     config.model = model
     config.seed = seed
     config.train = train_defaults("full")
@@ -129,7 +136,8 @@ def personalization_config(model: ml_collections.ConfigDict, steps: int, seconds
     train.log_every, train.image_every, train.checkpoint_every = 1, 0, 25
     train.pyramid_scales = pyramid_scales(model.image_size)
     config.data = data_defaults("")
-    config.init_from = ""
+    config.init_from = ""                # the model to personalise
+    config.init_modules = ("ladder_network", "dense_motion_network", "feature_encoder", "fuse_high_res", "SPDAE_G")
     config.inference = ml_collections.ConfigDict(dict(batch_size=8, fps=23.98))
     return config
 
