@@ -47,11 +47,7 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str]) -> None:
         print(f"data set ready: {_call(api.build_data, args, synthetic=args.config)}")
     elif command in ("train", "meta-train"):
         _call(api.initialize_processes, args)  # joins the multi-process job the flags or variables describe
-        config = load_config(args.config, overrides)
-        if ("meta" in config) != (command == "meta-train"):
-            raise UserError(f"{args.config}: this config is for `metaportrait-jax "
-                            f"{'meta-train' if 'meta' in config else 'train'}`")
-        result = _call(api.train, args, config=config)
+        result = _call(api.train, args, config=load_config(args.config, overrides))  # its `task` says what trains
         print(f"trained {result.steps} steps; model checkpoint: {result.export}" if result.export else
               f"stopped early; rerun the same command to resume from {args.workdir}")
     elif command == "personalize":
@@ -171,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-dim", type=int, default=128, help="layout: size of the src_<k>_id.npy embeddings")
     p.add_argument("--test-persons", type=int, default=0, help="layout: the last N clips form the test split")
 
-    for name, what in (("train", "pretrain the warp or full stage, or train temporal SR (resumes)"),
-                       ("meta-train", "meta-train (Reptile, FOMAML or MAML) from a pretrained model (resumes)")):
+    for name, what in (("train", "train what the config's task names: pretraining, meta-learning, temporal SR "
+                                 "(resumes)"),
+                       ("meta-train", "the same as train (the name of the meta-learning step in the paper)")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--config", required=True, help="e.g. configs/pretrain_warp.py:tiny, configs/meta_train.py")
         p.add_argument("--workdir", required=True, help="checkpoints, logs and the final export go here")

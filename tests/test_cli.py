@@ -25,7 +25,7 @@ def tiny_checkpoint(tmp_path_factory):
     config = load_config(TINY)
     variables = random_variables(config.model)
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
-    save_model(path, config, variables)
+    save_model(path, config, variables, network="generator")
     return path
 
 

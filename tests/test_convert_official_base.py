@@ -14,10 +14,11 @@ from flax import traverse_util
 from metaportrait_jax.config import load_config, save_config
 from metaportrait_jax.convert.official_base import (CheckpointMismatchError, convert_official_base,
                                                     detect_spectral_norm, flax_to_official_discriminator,
-                                                    flax_to_official_generator, fold_spectral_norm,
-                                                    official_to_flax_discriminator, official_to_flax_generator)
+                                                    flax_to_official_generator, official_to_flax_discriminator,
+                                                    official_to_flax_generator)
 from metaportrait_jax.models.discriminator import Discriminator
 from metaportrait_jax.models.generator import Generator
+from metaportrait_jax.models.spectral_fold import fold_spectral_norm
 from metaportrait_jax.train.checkpoint import load_model, save_model
 from official_torch import OfficialDiscriminator, OfficialGenerator, remove_spectral_norm_all
 
@@ -215,7 +216,7 @@ def test_sn_free_checkpoint_converts_without_sn_and_matches_torch(tiny, tmp_path
 def test_fold_spectral_norm_equals_torch_remove_spectral_norm(tiny):
     config, generator, _ = tiny
     variables = official_to_flax_generator(_state_dict_numpy(generator), config)
-    folded = fold_spectral_norm(variables, config)
+    folded = fold_spectral_norm(variables, config.model)
     assert set(folded) == {"params"}
     sn_free_config = config.copy_and_resolve_references()
     sn_free_config.model.use_sn = False
@@ -274,14 +275,14 @@ def test_load_model_rejects_non_checkpoints(tiny, tmp_path):
 
     # A real checkpoint whose config.json describes another architecture.
     variables = official_to_flax_generator(_state_dict_numpy(generator), config)
-    save_model(str(tmp_path / "saved"), config, variables)
+    save_model(str(tmp_path / "saved"), config, variables, network="generator")
     other = config.copy_and_resolve_references()
     other.model.spade.conv_dim = 16
     save_config(other, str(tmp_path / "saved" / "config.json"))
     with pytest.raises(ValueError, match="do not fit the model"):
         load_model(str(tmp_path / "saved"))
     with pytest.raises(ValueError, match="already holds a model checkpoint"):
-        save_model(str(tmp_path / "saved"), config, variables)
+        save_model(str(tmp_path / "saved"), config, variables, network="generator")
 
 
 def test_convert_refuses_a_checkpoint_without_a_generator(tmp_path):

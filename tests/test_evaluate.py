@@ -16,7 +16,8 @@ from metaportrait_jax.data.preprocess import MissingToolsError
 from metaportrait_jax.data.sources import ClipTable, TfdsFrames
 from metaportrait_jax.eval import evaluate as ev
 from metaportrait_jax.eval import metrics
-from metaportrait_jax.eval.animate import animate_frames, generator_forward
+from metaportrait_jax.eval.animate import animate_frames
+from metaportrait_jax.models.generator import generator_forward
 from metaportrait_jax.train.checkpoint import load_model
 from tiny_models import save_tiny_checkpoint
 

@@ -12,13 +12,12 @@ import optax
 import pytest
 
 from metaportrait_jax.config import load_config
-from metaportrait_jax.convert.official_base import load_sn_free_generator
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.meta.adapt import tree_mean
 from metaportrait_jax.eval.adaptation import AdaptationCurves, steps_to_reach, write_report
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
-from metaportrait_jax.train.checkpoint import load_model, save_model
+from metaportrait_jax.train.checkpoint import load_model, load_sn_free_generator, save_model
 from metaportrait_jax.train.meta_step import MetaTrainer
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
 from metaportrait_jax.train.step import Trainer, cast_floating
@@ -44,7 +43,7 @@ def pretrained(tmp_path_factory):
                                                                              mutable=["spectral"])[1])
     variables.update(power_iteration(variables, dummy_batch(config.model)))
     directory = str(tmp_path_factory.mktemp("pretrained") / "export")
-    save_model(directory, config, jax.device_get(variables))
+    save_model(directory, config, jax.device_get(variables), network="generator")
     return directory
 
 

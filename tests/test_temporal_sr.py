@@ -26,13 +26,14 @@ from metaportrait_jax.models.generator import BATCH_KEYS, Generator
 from metaportrait_jax.convert.official_base import CheckpointMismatchError
 from metaportrait_jax.convert.official_sr import convert_official_sr, flax_to_official, official_shapes
 from metaportrait_jax.eval import metrics
-from metaportrait_jax.eval.animate import checkpoint_renderer
 from metaportrait_jax.eval.enhance import chunk_forward, enhance_clip, sr_stream
 from metaportrait_jax.eval.sr_quality import evaluate_sr
 from metaportrait_jax.models.config import temporal_sr_config
 from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_variables, temporal_depth, upsample2
-from metaportrait_jax.train.checkpoint import abstract_model_variables, load_model, save_model
+from metaportrait_jax.models.networks import abstract_variables
+from metaportrait_jax.train.checkpoint import load_model, save_model
 from metaportrait_jax.train.sr_step import SRTrainer
+from metaportrait_jax.train.tasks import checkpoint_renderer
 from official_torch_sr import ModulatedConv2d, OfficialTemporalSR
 from tiny_models import random_variables
 
@@ -85,7 +86,7 @@ def test_modulated_conv_equals_torch_per_sample_kernels(demodulate, upsample, ke
 
 def test_official_network_size_and_key_manifest():
     config = temporal_sr_config("official_512")
-    params = abstract_model_variables(_config("official_512"))["params"]
+    params = abstract_variables("temporal_sr", _config("official_512").model)["params"]
     count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
     assert count(params) == 154_690_396
     assert count(params) - count(params["stylegan_decoder"]) == 124_413_813
@@ -320,11 +321,11 @@ def test_train_then_enhance_from_the_command_line(sr_data, tmp_path, capsys):
 
 def test_animate_chains_sr_after_the_base_model(tmp_path, capsys):
     base = load_config(os.path.join(REPO, "configs", "tiny.py"))
-    save_model(str(tmp_path / "base"), base, random_variables(base.model))
+    save_model(str(tmp_path / "base"), base, random_variables(base.model), network="generator")
     sr = _config()
     sr.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)  # takes the tiny base model's 64² frames
     sr.inference.chunk_frames = 2
-    save_model(str(tmp_path / "sr"), sr, init_variables(sr.model, jax.random.key(1)))
+    save_model(str(tmp_path / "sr"), sr, init_variables(sr.model, jax.random.key(1)), network="temporal_sr")
     data = str(tmp_path / "data")
     names = write_sample_layout(data)
     out = tmp_path / "out"
@@ -335,14 +336,14 @@ def test_animate_chains_sr_after_the_base_model(tmp_path, capsys):
     assert len(read_video_frames(str(out / "sr_128" / "out_128.mp4"))) == len(names)
     assert main(["animate", "--checkpoint", str(tmp_path / "base"), "--official-data", data, "--output",
                  str(tmp_path / "o2"), "--sr", str(tmp_path / "base")]) == 2
-    assert "a base-model checkpoint, not a temporal SR one" in capsys.readouterr().err
+    assert "holds a generator network, not a temporal_sr one" in capsys.readouterr().err
 
 
 def test_base_model_outputs_can_be_the_training_inputs(tmp_path):
     data = build_synthetic(str(tmp_path / "data"), SyntheticPlan(64, train_identities=1, test_identities=0,
                                                                  frames_per_clip=3, target_scale=2))
     base = load_config(os.path.join(REPO, "configs", "tiny.py"), ["model.topology='synthetic'", "model.id_dim=64"])
-    save_model(str(tmp_path / "base"), base, random_variables(base.model))
+    save_model(str(tmp_path / "base"), base, random_variables(base.model), network="generator")
     config = _sr_config(data, "data.input_source='base_model'", f"data.base_checkpoint={str(tmp_path / 'base')!r}",
                         "train.batch_size=1")
     config.model.update(out_size=128, style_dim=8, unet_channels=(4,) * 6)

@@ -18,6 +18,7 @@ from metaportrait_jax.config import ConfigError, load_config
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.train.checkpoint import load_model, save_model
+from metaportrait_jax.train.start import init_from_variables
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
 from metaportrait_jax.train.step import WARP_MODULES, Trainer, TrainState
 from run_tools import device_environment, logged_steps, start_and_signal
@@ -103,11 +104,11 @@ def test_compute_dtype_errors_name_the_field(perceptual):
 
 def test_full_stage_takes_the_warp_networks_from_a_warp_checkpoint(synthetic, perceptual, tmp_path):
     warp = _config("warp")
-    save_model(str(tmp_path / "warp"), warp, random_variables(warp.model, seed=7))
+    save_model(str(tmp_path / "warp"), warp, random_variables(warp.model, seed=7), network="generator")
     full = Trainer(_config("full", f"init_from={str(tmp_path / 'warp')!r}"), perceptual[0])
     fresh = TrainState(step=np.int32(0), generator=random_variables(full.config.model, seed=8), discriminator={},
                        generator_opt=None, discriminator_opt=None, perceptual={}, skipped=np.int32(0))
-    state = full.start(fresh)
+    state = full.merge(fresh, init_from_variables(full.config, "generator"))
     _, stored, _ = load_model(str(tmp_path / "warp"))
     for name, sub in state.generator["params"].items():
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(stored["params"][name])))

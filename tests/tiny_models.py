@@ -37,5 +37,5 @@ def save_tiny_checkpoint(path: str, topology: str, id_dim: int, batch_size: int 
     config.model = generator_config("tiny")
     config.model.topology, config.model.id_dim, config.model.use_sn = topology, id_dim, False
     config.inference = ml_collections.ConfigDict(dict(batch_size=batch_size, fps=10.0))
-    save_model(path, config, random_variables(config.model, seed))
+    save_model(path, config, random_variables(config.model, seed), network="generator")
     return path

@@ -16,7 +16,7 @@ import importlib
 
 _TRAINING, _INFERENCE = "metaportrait_jax.api.training", "metaportrait_jax.api.inference"
 _WHERE = {
-    "TrainResult": _TRAINING, "train": _TRAINING, "personalize": _TRAINING, "open_frames": _TRAINING,
+    "TrainResult": _TRAINING, "train": _TRAINING, "personalize": _TRAINING, "open_frames": "metaportrait_jax.data.datasets",
     "open_person_frames": _TRAINING, "load_identity_encoder": _TRAINING,
     "animate": _INFERENCE, "animate_official": _INFERENCE, "AnimationReport": _INFERENCE, "enhance": _INFERENCE,
     "evaluate": _INFERENCE, "markdown_report": _INFERENCE, "convert": _INFERENCE, "Converted": _INFERENCE,
@@ -27,7 +27,8 @@ _WHERE = {
     "adaptation_benchmark": "metaportrait_jax.api.benchmark",
     "UserError": "metaportrait_jax.errors", "initialize_processes": "metaportrait_jax.train.distributed",
     "load_model": "metaportrait_jax.train.checkpoint",
-    "load_sn_free_generator": "metaportrait_jax.convert.official_base",
+    "load_sn_free_generator": "metaportrait_jax.train.checkpoint",
+    "TASKS": "metaportrait_jax.train.tasks", "Task": "metaportrait_jax.train.tasks",
 }
 __all__ = sorted(_WHERE)
 

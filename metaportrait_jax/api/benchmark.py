@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from metaportrait_jax.api.training import open_frames, train
-from metaportrait_jax.convert.official_base import load_sn_free_generator
+from metaportrait_jax.api.training import train
+from metaportrait_jax.data.datasets import open_frames
 from metaportrait_jax.eval.adaptation import AdaptationCurves, write_report
-from metaportrait_jax.train.checkpoint import CONFIG_FILE
+from metaportrait_jax.train.checkpoint import CONFIG_FILE, load_sn_free_generator
 from metaportrait_jax.train.loop import read_history
 
 

@@ -13,11 +13,11 @@ import ml_collections
 
 from metaportrait_jax.api.training import train
 from metaportrait_jax.config import REPO_CONFIGS, apply_overrides, load_config
-from metaportrait_jax.convert.official_base import load_sn_free_generator
 from metaportrait_jax.data.datasets import build_synthetic
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.eval import demo as outputs
 from metaportrait_jax.eval.adaptation import EVAL_STEPS, AdaptationCurves, write_report
+from metaportrait_jax.train.checkpoint import load_sn_free_generator
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the headless backend is chosen)

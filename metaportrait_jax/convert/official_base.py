@@ -22,8 +22,8 @@ from flax import traverse_util
 
 from metaportrait_jax.convert.torch_reader import load_torch_file
 from metaportrait_jax.errors import UserError
-from metaportrait_jax.train.checkpoint import (abstract_discriminator_variables, abstract_generator_variables,
-                                               load_model, save_model)
+from metaportrait_jax.models.networks import abstract_discriminator_variables, abstract_variables
+from metaportrait_jax.train.checkpoint import save_model
 
 _log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def official_to_flax_generator(state_dict: Mapping[str, np.ndarray],
     Raises `CheckpointMismatchError` listing unknown, missing and mis-shaped keys.
     """
     _check_sn_matches_config(state_dict, config)
-    return _official_to_flax(state_dict, abstract_generator_variables(config.model),
+    return _official_to_flax(state_dict, abstract_variables("generator", config.model),
                              _ladder_fc_geometry(config.model), "generator")
 
 
@@ -274,7 +274,7 @@ def flax_to_official_generator(variables: Mapping[str, Any],
 def official_to_flax_discriminator(state_dict: Mapping[str, np.ndarray],
                                    config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Official discriminator state dict (`discs.1.*`) -> `{'params': ...}` for our discriminator."""
-    return _official_to_flax(state_dict, abstract_discriminator_variables(config.model), None, "discriminator")
+    return _official_to_flax(state_dict, abstract_discriminator_variables("generator", config.model), None, "discriminator")
 
 
 def flax_to_official_discriminator(variables: Mapping[str, Any],
@@ -282,54 +282,6 @@ def flax_to_official_discriminator(variables: Mapping[str, Any],
     """Inverse of `official_to_flax_discriminator`."""
     del config  # the discriminator's layouts do not depend on the architecture settings
     return _flax_to_official(variables, None)
-
-
-def _spectral_weight_matrix(module_path: tuple[str, ...], kernel: np.ndarray) -> np.ndarray:
-    """Torch's (out, -1) matrix of an SN'd weight, from our kernel."""
-    if flax_path_to_torch_module(module_path) == SEED_CONV:  # (in, kh, kw, out); torch SN dim=1 -> (out, in*kh*kw)
-        return kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[3], -1)
-    if kernel.ndim == 4:  # (kh, kw, in, out) -> torch (out, in, kh, kw) -> (out, in*kh*kw)
-        return kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], -1)
-    raise ValueError(f"{'/'.join(module_path)}: spectral norm on a kernel of rank {kernel.ndim} is not supported")
-
-
-def fold_spectral_norm(variables: Mapping[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The official `--remove_sn`: every SN'd kernel becomes kernel / sigma with sigma = u . (W_mat v) from the
-    stored u, v (no power iteration). Returns `{'params': ...}` for `Generator` with `config.model.use_sn=False`."""
-    if _SPECTRAL not in variables:
-        raise ValueError("fold_spectral_norm: variables have no 'spectral' collection (already SN-free?)")
-    folded = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables[_PARAMS]).items()}
-    vectors = traverse_util.flatten_dict(variables[_SPECTRAL])
-    for module_path in sorted({k[:-1] for k in vectors}):
-        kernel_key = (*module_path, "kernel")
-        if kernel_key not in folded:
-            raise ValueError(f"fold_spectral_norm: spectral/{'/'.join(module_path)} has no params kernel")
-        kernel = folded[kernel_key]
-        weight_matrix = _spectral_weight_matrix(module_path, kernel.astype(np.float64))
-        u = np.asarray(vectors[(*module_path, "u")], np.float64)
-        v = np.asarray(vectors[(*module_path, "v")], np.float64)
-        sigma = np.dot(u, weight_matrix @ v)
-        folded[kernel_key] = (kernel / sigma).astype(kernel.dtype)
-    sn_free_config = ml_collections.ConfigDict(config.model.to_dict())
-    sn_free_config.use_sn = False
-    expected = traverse_util.flatten_dict(abstract_generator_variables(sn_free_config))
-    if set(expected) != {(_PARAMS, *k) for k in folded}:
-        raise ValueError("fold_spectral_norm: the folded parameters do not match the SN-free generator's tree")
-    return {_PARAMS: traverse_util.unflatten_dict(folded)}
-
-
-def load_sn_free_generator(directory: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-    """A model checkpoint's generator as plain weights: (config with `model.use_sn=False`, `{"params": ...}`).
-
-    Spectral norm, if the checkpoint has it, is folded into the kernels (the official `--remove_sn`: σ from the
-    stored u, v), so the outputs are those of the checkpoint in eval mode. Meta-training and personalisation start
-    here: they adapt the actual weights.
-    """
-    config, variables, _ = load_model(directory)
-    if "spectral" in variables:
-        variables = fold_spectral_norm(variables, config)
-        config.model.use_sn = False
-    return config, {"params": variables["params"]}
 
 
 def convert_official_base(checkpoint_path: str, output_dir: str, config: ml_collections.ConfigDict) -> None:
@@ -358,7 +310,7 @@ def convert_official_base(checkpoint_path: str, output_dir: str, config: ml_coll
     discriminator_variables = None
     if discriminator_state is not None:
         discriminator_variables = official_to_flax_discriminator(discriminator_state, config)
-    save_model(output_dir, config, generator_variables, discriminator_variables)
+    save_model(output_dir, config, generator_variables, discriminator_variables, network="generator")
     _log.info("%s -> %s (%d generator tensors%s)", checkpoint_path, output_dir,
               len(jax.tree.leaves(generator_variables)),
               "" if discriminator_variables is None else ", with discriminator")

@@ -24,7 +24,8 @@ from flax import traverse_util
 from metaportrait_jax.convert.official_base import CheckpointMismatchError, _format_list
 from metaportrait_jax.convert.torch_reader import load_torch_file
 from metaportrait_jax.models.temporal_sr import init_variables
-from metaportrait_jax.train.checkpoint import abstract_model_variables, save_model
+from metaportrait_jax.models.networks import abstract_variables
+from metaportrait_jax.train.checkpoint import save_model
 
 _log = logging.getLogger(__name__)
 
@@ -91,13 +92,9 @@ def to_flax_layout(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
 
 def official_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
     """Official state-dict key -> shape for the network `model_config` describes (noise buffers excluded)."""
-    abstract = traverse_util.flatten_dict(abstract_model_variables(_sr_config(model_config))["params"])
+    abstract = traverse_util.flatten_dict(abstract_variables("temporal_sr", model_config)["params"])
     return {torch_key(path): to_torch_layout(path, np.empty(x.shape, np.float32)).shape
             for path, x in abstract.items()}
-
-
-def _sr_config(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(task="temporal_sr", model=model_config.to_dict()))
 
 
 def official_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.ConfigDict,
@@ -108,7 +105,7 @@ def official_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections
     official training does; otherwise every key must be there. Raises `CheckpointMismatchError` listing unknown,
     missing and mis-shaped keys.
     """
-    abstract = traverse_util.flatten_dict(abstract_model_variables(_sr_config(model_config))["params"])
+    abstract = traverse_util.flatten_dict(abstract_variables("temporal_sr", model_config)["params"])
     by_key = {torch_key(path): path for path in abstract}
     converted, unknown, misshaped = {}, [], []
     for key, value in state_dict.items():
@@ -172,6 +169,6 @@ def convert_official_sr(checkpoint_path: str, output_dir: str, config: ml_collec
     state_dict, where = select_state_dict(load_torch_file(checkpoint_path), checkpoint_path, key)
     has_windows = any(name.split(".", 1)[0] in WINDOWS for name in state_dict)
     variables = official_to_flax(state_dict, config.model, None if has_windows else config.seed)
-    save_model(output_dir, config, variables)
+    save_model(output_dir, config, variables, network="temporal_sr")
     _log.info("%s (state dict from %s) -> %s", checkpoint_path, where, output_dir)
     return not has_windows

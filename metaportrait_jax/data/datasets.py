@@ -14,11 +14,13 @@ import json
 import multiprocessing
 import os
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from metaportrait_jax.data.official_layout import DataError
-from metaportrait_jax.data.sources import METADATA_FILE, ClipTable, OfficialLayoutFrames
+from metaportrait_jax.data.sources import (METADATA_FILE, ClipTable, FrameSource, OfficialLayoutFrames, TfdsFrames,
+                                           fit_problems)
 from metaportrait_jax.ops.topology import get_topology
 
 SPLIT_CODES = {"train": 0, "test": 1}
@@ -240,3 +242,22 @@ def build_from_official_layout(root: str, data_dir: str, topology: str = "mediap
     _write_metadata(builder.data_dir, topology, image_size, id_dim,
                     {s: builder.clip_table(s) for s in builder.splits()}, {"source_folder": os.path.abspath(root)})
     return builder.data_dir
+
+
+def open_frames(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None) -> FrameSource:
+    """The frame source a config's `data` section names (building the synthetic set on first use); with a `model`,
+    checked to fit it (`model` also gives an official-layout folder's topology and sizes)."""
+    if data.source == "synthetic":
+        frames = TfdsFrames(build_synthetic(data.data_dir, data.synthetic), data.split)
+    elif data.source == "tfds":
+        frames = TfdsFrames(data.path, data.split)
+    elif data.source == "layout":
+        frames = OfficialLayoutFrames(data.path, get_topology(model.topology), model.image_size, model.id_dim)
+    else:
+        raise DataError(f"config.data.source must be synthetic, tfds or layout, got {data.source!r}")
+    if model is None:
+        return frames
+    problems = fit_problems(frames, model)
+    if problems:
+        raise DataError(f"the data does not fit the model: {', '.join(problems)}; set --config.model.* to match")
+    return frames

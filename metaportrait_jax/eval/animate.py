@@ -2,7 +2,6 @@
 any frame source (one source frame driven by another clip's frames), and a raw portrait photo animated by a raw
 driving video (`animate --source --driving`)."""
 
-import copy
 import dataclasses
 import itertools
 import os
@@ -10,7 +9,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import imageio.v2 as imageio
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -20,10 +18,10 @@ from metaportrait_jax.data.preprocess import FaceTools
 from metaportrait_jax.data.raw_inputs import prepare_driving, prepare_source
 from metaportrait_jax.data.sources import FrameSource
 from metaportrait_jax.media.video import to_uint8, write_mp4, write_mp4_atomic
-from metaportrait_jax.models.generator import BATCH_KEYS, Generator
+from metaportrait_jax.models.generator import BATCH_KEYS, generator_forward
 from metaportrait_jax.ops.retarget import motion_targets
 from metaportrait_jax.ops.topology import get_topology
-from metaportrait_jax.train.checkpoint import CheckpointError, load_model
+from metaportrait_jax.train.checkpoint import CheckpointError, load_model, require_network
 
 
 def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_size: int | None = None) -> str:
@@ -32,6 +30,7 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     The forward is compiled once (the last batch is padded); weights are passed as arguments, not closed over.
     """
     config, variables, _ = load_model(checkpoint_dir)
+    require_network(config, "generator", checkpoint_dir)
     model = config.model
     layout = OfficialLayout.open(data_dir, get_topology(model.topology), model.image_size, model.id_dim)
     batch_size = batch_size or config.get("inference", {}).get("batch_size", 1)
@@ -51,29 +50,6 @@ def animate_official(checkpoint_dir: str, data_dir: str, output_dir: str, batch_
     fps = config.get("inference", {}).get("fps", 23.98)
     write_mp4(video, (imageio.imread(os.path.join(output_dir, n)) for n in sorted(written)), fps)
     return video
-
-
-_FORWARDS: dict[str, Callable] = {}
-
-
-def generator_forward(model_config):
-    """The jitted generator forward `(variables, batch) -> outputs` for a model config; the same function (and so
-    its compiled executables) for equal configs within a process, so repeated runs compile once."""
-    key = model_config.to_json_best_effort(sort_keys=True)
-    if key not in _FORWARDS:
-        frozen = copy.deepcopy(model_config)  # later edits of the caller's config must not reach the cached function
-        _FORWARDS[key] = jax.jit(lambda v, b: Generator(frozen).apply(v, b))
-    return _FORWARDS[key]
-
-
-def checkpoint_renderer(checkpoint: str, image_size: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """A base model checkpoint as `render(batch) -> predictions [N, H, W, 3]` (numpy, [0, 1]): the temporal SR
-    pipeline's `data.input_source='base_model'` inputs."""
-    config, variables, _ = load_model(checkpoint)
-    if config.get("task") is not None or config.model.image_size != image_size:
-        raise DataError(f"data.base_checkpoint {checkpoint}: needs a base model of image size {image_size}")
-    forward = generator_forward(config.model)
-    return lambda batch: np.asarray(forward(variables, batch)["prediction"])
 
 
 def generate(forward, variables, examples: Iterable[dict[str, np.ndarray]], batch_size: int,
@@ -154,6 +130,7 @@ def animate_portrait(checkpoint_dir: str, source_path: str, driving_path: str, o
     The mp4 appears only once complete.
     """
     config, variables, _ = load_model(checkpoint_dir)
+    require_network(config, "generator", checkpoint_dir)
     model = config.model
     check_raw_input_model(checkpoint_dir, model)
     if not output_path.lower().endswith(".mp4"):

@@ -23,8 +23,7 @@ from tqdm import tqdm
 from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.media.video import to_uint8, write_mp4
 from metaportrait_jax.models.temporal_sr import TemporalSR, temporal_depth
-from metaportrait_jax.config import config_from_json
-from metaportrait_jax.train.checkpoint import CONFIG_FILE, TEMPORAL_SR, CheckpointError, load_model
+from metaportrait_jax.train.checkpoint import load_model, read_checkpoint_config, require_network
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
@@ -132,14 +131,9 @@ def _checked_sizes(frames: Iterator[np.ndarray], input_size: int, where: str) ->
 
 def sr_checkpoint_config(checkpoint_dir: str) -> ml_collections.ConfigDict:
     """The config of a temporal SR model checkpoint, read without its weights; refuses other checkpoints."""
-    path = os.path.join(checkpoint_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{os.path.abspath(checkpoint_dir)}: not a metaportrait-jax model checkpoint (no "
-                              f"{CONFIG_FILE})")
-    config = config_from_json(path)
-    if config.get("task") != TEMPORAL_SR:
-        raise CheckpointError(f"{checkpoint_dir}: a base-model checkpoint, not a temporal SR one (convert "
-                              f"official-sr, or train --config configs/temporal_sr.py)")
+    config = read_checkpoint_config(checkpoint_dir)
+    require_network(config, "temporal_sr", checkpoint_dir,
+                    " (convert official-sr, or train --config configs/temporal_sr.py)")
     return config
 
 

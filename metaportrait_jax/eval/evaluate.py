@@ -56,7 +56,8 @@ from metaportrait_jax.data.official_layout import DataError
 from metaportrait_jax.data.preprocess import TOPOLOGY, FaceTools, MissingToolsError
 from metaportrait_jax.data.sources import METADATA_FILE, FrameSource, OfficialLayoutFrames, TfdsFrames, fit_problems
 from metaportrait_jax.eval import metrics
-from metaportrait_jax.eval.animate import animate_frames, generator_forward
+from metaportrait_jax.eval.animate import animate_frames
+from metaportrait_jax.models.generator import generator_forward
 from metaportrait_jax.ops.retarget import relative_landmarks
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.checkpoint import load_model

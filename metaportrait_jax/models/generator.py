@@ -1,6 +1,7 @@
 """The MetaPortrait base generator (`OcclusionAwareSPADEGenerator`): warp stage, then ID-preserving refinement."""
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -100,3 +101,16 @@ class Generator(nn.Module):
         if c.output_activation == "sigmoid":
             return nn.sigmoid(x)
         raise ValueError(f"model.output_activation must be 'tanh' or 'sigmoid', got {c.output_activation!r}")
+
+
+_FORWARDS: dict[str, Callable] = {}
+
+
+def generator_forward(model_config: ml_collections.ConfigDict) -> Callable:
+    """The jitted eval-mode forward `(variables, batch) -> outputs` for a model config; the same function (and so
+    its compiled executables) for equal configs within a process, so repeated runs compile once."""
+    key = model_config.to_json_best_effort(sort_keys=True)
+    if key not in _FORWARDS:
+        frozen = copy.deepcopy(model_config)  # later edits of the caller's config must not reach the cached function
+        _FORWARDS[key] = jax.jit(lambda v, b: Generator(frozen).apply(v, b))
+    return _FORWARDS[key]

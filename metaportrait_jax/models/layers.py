@@ -39,8 +39,9 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def conv_weight_matrix(kernel: jax.Array) -> jax.Array:
-    """torch's spectral-norm matrix of a conv kernel `[kh, kw, I, O]`: `[O, I·kh·kw]`."""
-    return jnp.transpose(kernel, (3, 2, 0, 1)).reshape(kernel.shape[-1], -1)
+    """torch's spectral-norm matrix of a conv kernel `[kh, kw, I, O]`: `[O, I·kh·kw]` (jax or numpy, kept as given:
+    the spectral-norm fold computes it in float64)."""
+    return kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[-1], -1)
 
 
 def spectral_normalize(module: nn.Module, kernel: jax.Array, matrix: jax.Array, train: bool) -> jax.Array:

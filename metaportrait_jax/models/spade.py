@@ -70,6 +70,12 @@ class SpadeResnetBlock(nn.Module):
         return shortcut + dx
 
 
+def seed_weight_matrix(kernel: jax.Array) -> jax.Array:
+    """torch's spectral-norm matrix of the seed ConvTranspose2d (dim=1): kernel `[I, 4, 4, O]` -> `[O, I·16]`
+    (jax or numpy, kept as given)."""
+    return kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[-1], -1)
+
+
 class SeedFromIdentity(nn.Module):
     """The official ConvTranspose2d(id_dim -> C, 4x4) on a 1x1 input: `[B, id_dim]` -> `[B, 4, 4, C]`.
 
@@ -87,8 +93,7 @@ class SeedFromIdentity(nn.Module):
         init = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound)  # noqa: E731
         kernel = self.param("kernel", init, (id_dim, 4, 4, self.features))
         if self.spectral_norm:
-            matrix = jnp.transpose(kernel, (3, 0, 1, 2)).reshape(self.features, -1)
-            kernel = spectral_normalize(self, kernel, matrix, train)
+            kernel = spectral_normalize(self, kernel, seed_weight_matrix(kernel), train)
         bias = self.param("bias", init, (self.features,))
         return jnp.einsum("bi,ihwo->bhwo", identity, kernel.astype(identity.dtype)) + bias.astype(identity.dtype)
 

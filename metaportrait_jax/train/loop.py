@@ -10,7 +10,6 @@ above `train/`. Work directory:
                              temporal SR trainer: input | target | prediction)
 """
 
-import functools
 import json
 import os
 import signal
@@ -26,8 +25,8 @@ from jax.experimental import multihost_utils
 
 from metaportrait_jax.config import save_config
 from metaportrait_jax.train.distributed import describe_topology
-from metaportrait_jax.train.sharding import (batch_sharding, global_batch, jit_step, make_mesh, replicated,
-                                            tree_sharding)
+from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, replicated, tree_sharding
+from metaportrait_jax.train.start import start_state
 
 
 class BatchIterator(Protocol):
@@ -37,21 +36,23 @@ class BatchIterator(Protocol):
 
 
 class Steppable(Protocol):
-    """What `run` trains: the pretraining `Trainer`, the `MetaTrainer`, ...; states are pytrees."""
+    """What `run` trains: the pretraining `Trainer`, the `MetaTrainer`, the `SRTrainer`; states are pytrees."""
 
     description: str        # progress-bar label
     progress_metric: str    # the metric shown next to the bar
+    image_tag: str          # TensorBoard tag of the preview grids
 
     def init_state(self, rng: jax.Array, *args) -> Any: ...
 
-    def start(self, state: Any) -> Any: ...  # adjusts a fresh state (e.g. copies weights named in the config)
+    def merge(self, state: Any, stored: dict) -> Any: ...  # a fresh state with `init_from`'s variables (pure)
+
+    def compile_step(self, state_sharding, batch_sharding, metrics_sharding) -> Callable: ...
 
     def step(self, state: Any, batch: dict) -> tuple[Any, dict[str, jax.Array]]: ...
 
     def preview(self, state: Any, batch: dict) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]: ...
 
-    # Optional: `image_grid(shown, outputs) -> uint8 [H, W, 3]` and `image_tag`, for previews that are not
-    # source/driving pairs (the temporal SR trainer's clips); the default is `image_grid` below.
+    def image_grid(self, shown: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
 class Preemption:
@@ -80,16 +81,6 @@ def checkpoint_manager(workdir: str, train: ml_collections.ConfigDict) -> ocp.Ch
     options = ocp.CheckpointManagerOptions(max_to_keep=train.keep_checkpoints, create=True,
                                            enable_async_checkpointing=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
-
-
-def image_grid(batch: dict[str, np.ndarray], outputs: dict[str, np.ndarray], rows: int = 4) -> np.ndarray:
-    """`[rows·H, 4·W, 3]` uint8: source | driving | warped source | prediction (if any), one example per row."""
-    columns = [batch["source"], batch["driving"], outputs["deformed"]]
-    if "prediction" in outputs:
-        columns.append(outputs["prediction"])
-    rows = min(rows, len(batch["source"]))
-    grid = np.concatenate([np.concatenate([np.asarray(c[r]) for c in columns], axis=1) for r in range(rows)], axis=0)
-    return (np.clip(grid, 0, 1) * 255).astype(np.uint8)
 
 
 class MetricsLog:
@@ -128,10 +119,9 @@ class RunOutcome(NamedTuple):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[[dict | None], BatchIterator],
-        trainer: Steppable, init_args: tuple = (), progress: bool = True) -> RunOutcome:
-    """Trains `config.train.steps` steps of `trainer` (resuming from the latest checkpoint in `workdir`); returns
-    the state. A fresh state is `trainer.start(trainer.init_state(rng, *init_args))` (arguments, not constants
-    closed over, so large pretrained weights do not slow compilation).
+        trainer: Steppable, network: str, init_args: tuple = (), progress: bool = True) -> RunOutcome:
+    """Trains `config.train.steps` steps of `trainer`, whose states hold a `network` (a `models.networks` name);
+    the start (resume, `init_from` or fresh, `train.start`) gets `init_args` after the random key.
 
     Stops early, after saving, on SIGTERM/SIGINT or once `config.train.max_seconds` (if > 0) have passed after
     this run's first step (which compiles: the budget is for training, whatever the compiler's speed).
@@ -143,11 +133,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     mesh = make_mesh(train.fsdp)
     if jax.process_index() == 0:
         print(describe_topology(mesh), flush=True)
-    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
-    state_sharding = tree_sharding(abstract, mesh)
-    # a trainer may compose its step of several programs (`MetaTrainer`: MAML one inner step at a time)
-    compile_step = getattr(trainer, "compile_step", functools.partial(jit_step, trainer.step))
-    compiled_step = compile_step(state_sharding, batch_sharding(mesh), replicated(mesh))
+    state_sharding = tree_sharding(jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args), mesh)
+    compiled_step = trainer.compile_step(state_sharding, batch_sharding(mesh), replicated(mesh))
 
     def step_fn(state, batch):
         with jax.set_mesh(mesh):  # traced under the mesh: a step may place values by axis name
@@ -156,22 +143,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     shown_rows = jax.jit(trainer.preview, out_shardings=replicated(mesh))
 
     manager = checkpoint_manager(workdir, train)
-    latest = manager.latest_step()
-    if latest is not None:
-        target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
-                              state_sharding)
-        restored = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                    data=ocp.args.JsonRestore()))
-        state, iterator_state = restored.state, restored.data
-        if jax.process_index() == 0:
-            print(f"resumed from {workdir}/checkpoints/{latest}", flush=True)
-    else:
-        init = jax.jit(trainer.init_state, out_shardings=state_sharding)
-        # host copies: arrays committed to one device (loaded weights) cannot enter a program whose mesh spans
-        # several processes
-        state = jax.device_put(trainer.start(init(jax.random.key(config.seed), *jax.device_get(init_args))),
-                               state_sharding)
-        iterator_state = None
+    state, iterator_state, how = start_state(config, manager, trainer, network, init_args, state_sharding)
+    if jax.process_index() == 0:
+        print(how, flush=True)
     batches = make_batches(iterator_state)
     start = int(state.step)
 
@@ -211,8 +185,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
                                     sps=f"{values['steps_per_second']:.2f}")
             if train.image_every and (step % train.image_every == 0 or step == train.steps):
                 shown, outputs = jax.tree.map(host_value, shown_rows(state, batch))
-                grid = getattr(trainer, "image_grid", image_grid)(shown, outputs)
-                log.image(step, grid, getattr(trainer, "image_tag", "source_driving_warped_prediction"))
+                log.image(step, trainer.image_grid(shown, outputs), trainer.image_tag)
             if bar is not None:
                 bar.update(1)
             if preempted or out_of_time:

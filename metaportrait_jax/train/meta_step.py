@@ -108,8 +108,17 @@ class MetaTrainer:
                                        perceptual=dict(perceptual), skipped=jnp.zeros((), jnp.int32),
                                        identity=dict(identity or {})), self.losses.loss_dtype)
 
-    def start(self, state: MetaState) -> MetaState:
-        return state
+    def merge(self, state: MetaState, stored: dict[str, Any]) -> MetaState:
+        """`state` with the meta-parameters of `stored` (the SN-free `init_from` model), in the state's dtype."""
+        params = jax.tree.map(lambda x: jnp.asarray(x, self.losses.loss_dtype), stored["params"])
+        return state.replace(generator={"params": params})
+
+    image_tag = Trainer.image_tag
+    image_grid = staticmethod(Trainer.image_grid)
+
+    def exports(self, state: MetaState) -> dict[str, tuple[dict[str, Any], None]]:
+        """{"": (the meta-trained SN-free generator, no discriminator)}."""
+        return {"": (state.generator, None)}
 
     def task_loss(self, params: dict[str, Any], state: MetaState, batch: dict[str, jax.Array]) -> jax.Array:
         """The inner-loop loss of one task's batch `[S, ...]`: the generator losses without GAN terms."""

@@ -13,6 +13,7 @@
 Batches: `inputs [B, T, h, w, 3]` and `targets [B, T, 2h, 2w, 3]`, both in [0, 1].
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from metaportrait_jax.models.temporal_sr import TemporalSR, dummy_clip
-from metaportrait_jax.train.checkpoint import TEMPORAL_SR, CheckpointError, load_model
+from metaportrait_jax.train.sharding import jit_step
 
 FROZEN = "frozen"
 DECODER = "stylegan_decoder"
@@ -145,17 +146,20 @@ class SRTrainer:
                    "finite": finite.astype(jnp.float32), "learning_rate": learning_rate(self.train)(state.step)}
         return new_state, metrics
 
-    def start(self, state: SRTrainState) -> SRTrainState:
-        """With `config.init_from` (a temporal SR model checkpoint, e.g. GFPGAN v1.3 converted by `convert
-        official-sr`), its weights replace the fresh ones, as the official training loads GFPGAN's."""
-        if not self.config.get("init_from"):
-            return state
-        stored_config, stored, _ = load_model(self.config.init_from)
-        if stored_config.get("task") != TEMPORAL_SR or stored_config.model.to_dict() != self.config.model.to_dict():
-            raise CheckpointError(f"init_from {self.config.init_from}: not a checkpoint of this temporal SR network")
+    def merge(self, state: SRTrainState, stored: dict[str, Any]) -> SRTrainState:
+        """`state` with the weights of `stored` (the `init_from` temporal SR model, e.g. GFPGAN v1.3 converted by
+        `convert official-sr`, as the official training loads GFPGAN's); the EMA starts equal to them."""
         params = jax.tree.map(lambda fresh, loaded: jnp.asarray(loaded, fresh.dtype), state.params, stored["params"])
         # The EMA starts equal but in buffers of its own: the step donates both trees.
         return state.replace(params=params, ema=jax.tree.map(jnp.copy, params))
+
+    def compile_step(self, state_sharding=None, batch_sharding=None, metrics_sharding=None) -> Callable:
+        """The step as one program, state donated (shardings as `jit_step`'s)."""
+        return jit_step(self.step, state_sharding, batch_sharding, metrics_sharding)
+
+    def exports(self, state: SRTrainState) -> dict[str, tuple[dict[str, Any], None]]:
+        """{"": the trained weights (what the official inference uses), "_ema": their moving average}."""
+        return {"": ({"params": state.params}, None), "_ema": ({"params": state.ema}, None)}
 
     def preview(self, state: SRTrainState, batch: dict[str, jax.Array]) -> tuple[dict, dict]:
         """The first clip's frames: (its inputs and targets, the EMA network's prediction) for image grids."""

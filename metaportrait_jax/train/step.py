@@ -28,11 +28,11 @@ import optax
 from metaportrait_jax import losses as L
 from metaportrait_jax.config import ConfigError
 from metaportrait_jax.models.discriminator import Discriminator
-from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
-from metaportrait_jax.train.checkpoint import load_model
-from metaportrait_jax.train.sharding import GRADIENT_REDUCTIONS, batch_devices, gathered, per_device
+from metaportrait_jax.models.generator import (BATCH_KEYS, REFINE_SUBNETWORKS, WARP_SUBNETWORKS, Generator,
+                                               dummy_batch)
+from metaportrait_jax.train.sharding import GRADIENT_REDUCTIONS, batch_devices, gathered, jit_step, per_device
 
-WARP_MODULES = ("ladder_network", "dense_motion_network")
+WARP_MODULES = WARP_SUBNETWORKS
 STAGES = ("warp", "full")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
 GRADIENT_LIMIT = 1e5  # official nan_to_num(posinf=1e5, neginf=-1e5)
@@ -120,6 +120,10 @@ class Trainer:
             raise ValueError("train.loss.identity > 0 needs an identity encoder (train.identity_encoder)")
         self.identity_encoder = identity_encoder
         check_train_config(self.train)
+        unknown = set(config.get("init_modules", ())) - set(WARP_SUBNETWORKS + REFINE_SUBNETWORKS)
+        if unknown:
+            raise ConfigError(f"init_modules: {sorted(unknown)} are not generator modules (those are "
+                              f"{WARP_SUBNETWORKS + REFINE_SUBNETWORKS})")
         self.stage = self.train.stage
         self.fixed_order = self.train.gradient_reduction == "fixed_order"
         self.description = f"train {self.stage}"
@@ -271,18 +275,35 @@ class Trainer:
         shown = {k: batch[k][:rows] for k in ("source", "driving", *BATCH_KEYS)}
         return shown, self.predict(state, shown)
 
-    def start(self, state: TrainState) -> TrainState:
-        """The official Full-stage start when `config.init_from` names a checkpoint: its ladder and dense-motion
-        weights replace the fresh ones."""
-        if not self.config.get("init_from"):
-            return state
-        _, stored, _ = load_model(self.config.init_from)
+    def compile_step(self, state_sharding=None, batch_sharding=None, metrics_sharding=None) -> Callable:
+        """The step as one program, state donated (shardings as `jit_step`'s)."""
+        return jit_step(self.step, state_sharding, batch_sharding, metrics_sharding)
+
+    def merge(self, state: TrainState, stored: dict[str, Any]) -> TrainState:
+        """`state` with the generator modules `config.init_modules` taken from `stored` (the `init_from` model's
+        variables; official Full stage: the ladder and dense-motion networks), in the state's dtype."""
         generator = dict(state.generator)
-        for collection in ("params", "spectral"):
-            if collection in generator:
-                merged = dict(generator[collection])
-                # host copies: the state goes onto a mesh that may span several processes
-                merged.update({k: jax.tree.map(lambda x: np.asarray(x, self.loss_dtype), jax.device_get(v))
-                               for k, v in stored.get(collection, {}).items() if k in WARP_MODULES})
-                generator[collection] = merged
+        for collection in generator:
+            merged = dict(generator[collection])
+            merged.update({name: jax.tree.map(lambda x: jnp.asarray(x, self.loss_dtype), module)
+                           for name, module in stored.get(collection, {}).items()
+                           if name in self.config.init_modules})
+            generator[collection] = merged
         return state.replace(generator=generator)
+
+    image_tag = "source_driving_warped_prediction"
+
+    @staticmethod
+    def image_grid(shown: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """`[rows·H, 4·W, 3]` uint8: source | driving | warped source | prediction (if any), one example per row."""
+        columns = [shown["source"], shown["driving"], outputs["deformed"]]
+        if "prediction" in outputs:
+            columns.append(outputs["prediction"])
+        grid = np.concatenate([np.concatenate([np.asarray(c[r]) for c in columns], axis=1)
+                               for r in range(len(shown["source"]))], axis=0)
+        return (np.clip(grid, 0, 1) * 255).astype(np.uint8)
+
+    def exports(self, state: TrainState) -> dict[str, tuple[dict[str, Any], dict[str, Any] | None]]:
+        """{export directory suffix: (generator variables, discriminator variables or None)}: the generator, with
+        its discriminator when it was trained adversarially."""
+        return {"": (state.generator, state.discriminator if self.use_gan else None)}
