@@ -18,10 +18,10 @@ from metaportrait_jax.data import datasets, sources
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sr_clips import sr_dataset
 from metaportrait_jax.errors import UserError
+from metaportrait_jax.eval.adaptation import personalization_config
 from metaportrait_jax.eval.animate import checkpoint_renderer
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.checkpoint import CONFIG_FILE, check_same_model, save_model
-from metaportrait_jax.train.config import personalization_config
 from metaportrait_jax.train.loop import run
 from metaportrait_jax.train.meta_step import MetaTrainer, check_meta_config
 from metaportrait_jax.train.sr_step import SRTrainer
