@@ -27,14 +27,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def one_task_trainer(variant: str, algorithm: str, *overrides: str):
-    """(config, MetaTrainer, VGG variables) for one task of `variant` with `algorithm`."""
+def one_task_trainer(variant: str, algorithm: str, fields: dict | None = None):
+    """(config, MetaTrainer, VGG variables) for one task of `variant` with `algorithm`; `fields` ({"a.b": value})
+    set further config fields."""
     from metaportrait_jax.config import load_config
     from metaportrait_jax.convert.vgg import perceptual_features
     from metaportrait_jax.train.meta_step import MetaTrainer
 
-    config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"),
-                         [f"meta.algorithm={algorithm!r}", "meta.tasks=1", "train.adam_eps_root=1e-16", *overrides])
+    config = load_config(os.path.join(REPO, "configs", f"meta_train.py:{variant}"))
+    config.update_from_flattened_dict({"meta.algorithm": algorithm, "meta.tasks": 1, "train.adam_eps_root": 1e-16,
+                                       **(fields or {})})
     network, vgg = perceptual_features("lpips_vgg16")
     return config, MetaTrainer(config, network), {"params": vgg}
 
@@ -45,8 +47,8 @@ def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
 
     from metaportrait_jax.models.generator import dummy_batch
 
-    config, trainer, perceptual = one_task_trainer(variant, algorithm, f"meta.maml_programs={programs!r}",
-                                                   f"meta.remat={programs == 'one'}")
+    config, trainer, perceptual = one_task_trainer(variant, algorithm, {"meta.maml_programs": programs,
+                                                                        "meta.remat": programs == "one"})
     state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual)
     size = config.model.image_size
 

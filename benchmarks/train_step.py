@@ -13,6 +13,7 @@ Measure on an idle machine; other load makes the numbers worthless.
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from metaportrait_jax.config import load_config
+from metaportrait_jax.config import REPO_CONFIGS, load_config
 from metaportrait_jax.convert.vgg import perceptual_features
 from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 from metaportrait_jax.train.step import Trainer
@@ -46,7 +47,7 @@ def _split_kernels(params):
 
 
 def measure(variant: str, repeats: int) -> dict[str, float]:
-    config = load_config(f"configs/pretrain_full.py:{variant}")
+    config = load_config(os.path.join(REPO_CONFIGS, f"pretrain_full.py:{variant}"))
     model = Generator(config.model)
     rng = np.random.default_rng(0)
     batch = {k: jnp.asarray(rng.uniform(size=v.shape), jnp.float32) for k, v in dummy_batch(config.model).items()}

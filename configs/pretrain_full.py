@@ -4,13 +4,17 @@
       --config.init_from=runs/warp_tiny/export
 
 `init_from` is a model checkpoint (e.g. the `export/` that `train` writes at the end of a warp run); as in the
-official code only its ladder and dense-motion weights are copied.
+official code only its ladder and dense-motion weights are copied (`init_modules`). The official stages share their
+hyperparameters, so this recipe is configs/pretrain_warp.py's (variants, steps, batch size, learning rate, schedule;
+configs/common.py's optimiser and loss weights) with the stage changed.
 """
 
 import ml_collections
 
-from metaportrait_jax.train.config import pretrain_config
+from configs import pretrain_warp
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
-    return pretrain_config("full", variant or "tiny")
+    config = pretrain_warp.get_config(variant)
+    config.train.stage = "full"
+    return config

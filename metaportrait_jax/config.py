@@ -4,6 +4,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -28,17 +29,39 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     path, _, variant = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module_spec = importlib.util.spec_from_file_location(_module_name(path), path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as e:
         raise ConfigError(f"{path}: not a valid Python config file ({e.msg}, line {e.lineno})") from None
+    except ImportError as e:  # e.g. `from configs import common` in a copy outside configs/, not installed
+        raise ConfigError(f"{path}: {e} (keep the file in configs/ or run `make install`)") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: has no get_config(variant) function")
     config = module.get_config(variant)
     apply_overrides(config, overrides, source=path)
     return config
+
+
+def _module_name(path: str) -> str:
+    """The name to load a config file under. A file of a package directory (configs/ has an `__init__.py`) is that
+    package's submodule, so `from configs import common` finds its sibling even when the package is not installed:
+    the package is registered from this directory unless it is imported already."""
+    directory = os.path.dirname(os.path.realpath(path))
+    package, stem = os.path.basename(directory), os.path.splitext(os.path.basename(path))[0]
+    init = os.path.join(directory, "__init__.py")
+    if not (os.path.isfile(init) and package.isidentifier() and stem.isidentifier()):
+        return f"_config_{abs(hash(path))}"
+    if package not in sys.modules:  # this directory's package, whatever else sys.path holds (and sys.path as is)
+        spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[directory])
+        sys.modules[package] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[package])
+    where = [os.path.realpath(p) for p in getattr(sys.modules[package], "__path__", ())]
+    if directory not in where:  # its siblings would come from elsewhere
+        raise ConfigError(f"{path}: a package {package!r} from {where} is imported already; the config file imports "
+                          f"its siblings from that one")
+    return f"{package}.{stem}"
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str], source: str = "config") -> None:

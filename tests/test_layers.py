@@ -105,3 +105,17 @@ def test_a_wrong_import_is_named(tmp_path, wrong, expected):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(source)
     assert layering_problems(module_imports(str(tmp_path / "metaportrait_jax"), "metaportrait_jax")) == expected
+
+
+def test_the_package_reads_recipes_only_through_load_config():
+    """configs/ sits above every layer: the package loads a recipe file (`load_config`), never imports one."""
+    importers = []
+    for directory, _, files in os.walk(PACKAGE):
+        for file in (f for f in files if f.endswith(".py")):
+            with open(os.path.join(directory, file)) as f:
+                tree = ast.parse(f.read())
+            names = [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+            names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+            if any(name == "configs" or name.startswith("configs.") for name in names):
+                importers.append(os.path.relpath(os.path.join(directory, file), PACKAGE))
+    assert importers == []

@@ -17,9 +17,9 @@ from metaportrait_jax.data import sources
 from metaportrait_jax.data.pipeline import make_iterator
 from metaportrait_jax.data.sources import FrameSource
 from metaportrait_jax.errors import UserError
+from metaportrait_jax.eval.adaptation import personalization_config
 from metaportrait_jax.ops.topology import get_topology
 from metaportrait_jax.train.checkpoint import CONFIG_FILE, read_checkpoint_config, require_network, save_model
-from metaportrait_jax.train.config import personalization_config
 from metaportrait_jax.train.loop import run
 from metaportrait_jax.train.tasks import get_task
 

