@@ -21,7 +21,7 @@ _WHERE = {
     "animate": _INFERENCE, "animate_official": _INFERENCE, "AnimationReport": _INFERENCE, "enhance": _INFERENCE,
     "evaluate": _INFERENCE, "markdown_report": _INFERENCE, "convert": _INFERENCE, "Converted": _INFERENCE,
     "preprocess_videos": _INFERENCE, "format_report": _INFERENCE, "Preprocessed": _INFERENCE,
-    "build_data": _INFERENCE, "summarize": _INFERENCE,
+    "build_data": _INFERENCE, "summarize": _INFERENCE, "reenact": _INFERENCE, "Reenactment": _INFERENCE,
     "demo": "metaportrait_jax.api.demo", "DemoSettings": "metaportrait_jax.api.demo",
     "DemoResult": "metaportrait_jax.api.demo", "plot_losses": "metaportrait_jax.api.demo",
     "adaptation_benchmark": "metaportrait_jax.api.benchmark",
@@ -29,6 +29,9 @@ _WHERE = {
     "load_model": "metaportrait_jax.train.checkpoint",
     "load_sn_free_generator": "metaportrait_jax.train.checkpoint",
     "TASKS": "metaportrait_jax.train.tasks", "Task": "metaportrait_jax.train.tasks",
+    "register_task": "metaportrait_jax.train.tasks",
+    # what research code subclasses (examples/): the pretraining and the meta-training trainers
+    "Trainer": "metaportrait_jax.train.step", "MetaTrainer": "metaportrait_jax.train.meta_step",
 }
 __all__ = sorted(_WHERE)
 

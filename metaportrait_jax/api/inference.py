@@ -4,7 +4,9 @@ checkpoints, preprocessing videos, building data sets, summarising a model."""
 import dataclasses
 
 import ml_collections
+import numpy as np
 
+from metaportrait_jax.api.training import person_clips
 from metaportrait_jax.convert.official_base import convert_official_base
 from metaportrait_jax.convert.official_sr import convert_official_sr
 from metaportrait_jax.data import datasets
@@ -13,11 +15,15 @@ from metaportrait_jax.errors import UserError
 from metaportrait_jax.eval import animate as animation
 from metaportrait_jax.eval import evaluate as evaluation
 from metaportrait_jax.eval.enhance import enhance_folder, enhance_written_frames, sr_checkpoint_config, sr_stream
-from metaportrait_jax.eval.evaluate import markdown_report
+from metaportrait_jax.eval.evaluate import markdown_report, open_eval_data
+from metaportrait_jax.eval.metrics import psnr
+from metaportrait_jax.media.video import write_mp4_atomic
+from metaportrait_jax.models.generator import generator_forward
 from metaportrait_jax.models.summary import format_summary, model_summary
+from metaportrait_jax.train.checkpoint import load_model, require_network
 
 __all__ = ["animate", "animate_official", "build_data", "convert", "enhance", "evaluate", "format_report",
-           "markdown_report", "preprocess_videos", "summarize"]
+           "markdown_report", "preprocess_videos", "reenact", "summarize"]
 
 AnimationReport = animation.AnimationReport
 enhance = enhance_folder
@@ -57,6 +63,44 @@ def evaluate(checkpoint: str, data: str, output: str, split: str = "test", max_p
     return evaluation.evaluate(checkpoint, data, output, split=split, max_persons=max_persons,
                                max_frames=max_frames, batch_size=batch_size, face_metrics=face_metrics,
                                fid_weights=fid_weights, fid_variant=fid_variant, progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reenactment:
+    output: str          # the mp4
+    frames: int
+    psnr: float | None   # mean dB against the driving frames when they show the same person (the ground truth)
+
+
+def reenact(checkpoint: str, data: str, output: str, person: int | None = None, split: str = "test",
+            source_clip: int = 0, driving_clip: int = 1, driving_person: int | None = None,
+            batch_size: int | None = None, max_frames: int | None = None, side_by_side: bool = False) -> Reenactment:
+    """The source frame of `person`'s clip `source_clip` driven by the frames of clip `driving_clip` of
+    `driving_person` (default the same person, whose own landmarks drive; another person's motion is retargeted),
+    from a frame data set (a TFDS directory or an official-layout folder); writes the mp4 `output`
+    (`side_by_side`: source | driving | result). Unlike `animate` it needs no face tools: the data hold the
+    landmarks and identities."""
+    if not output.lower().endswith(".mp4"):
+        raise UserError(f"{output}: the output must be an .mp4 file")
+    config, variables, _ = load_model(checkpoint)
+    require_network(config, "generator", checkpoint)
+    frames = open_eval_data(data, split, config.model)
+    source = person_clips(frames, data, person, [source_clip])[0]
+    same_person = driving_person is None or driving_person == int(frames.clips.person[source])
+    driving = person_clips(frames, data, int(frames.clips.person[source]) if same_person else driving_person,
+                           [driving_clip])[0]
+    start, length = int(frames.clips.start[driving]), int(frames.clips.length[driving])
+    drivers = np.arange(start, start + min(length, max_frames or length))
+    out = animation.animate_frames(generator_forward(config.model), variables, frames, int(frames.clips.source[source]),
+                                   drivers, batch_size or config.get("inference", {}).get("batch_size", 8),
+                                   "absolute" if same_person else "relative")
+    video = out["prediction"]
+    if side_by_side:
+        still = np.broadcast_to(frames[int(frames.clips.source[source])]["image"], video.shape)
+        video = np.concatenate([still, out["driving"], video], axis=2)
+    count = write_mp4_atomic(output, video, config.get("inference", {}).get("fps", 23.98))
+    score = float(np.mean(psnr(out["prediction"], out["driving"]))) if same_person else None
+    return Reenactment(output, count, score)
 
 
 @dataclasses.dataclass(frozen=True)

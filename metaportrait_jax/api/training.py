@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from metaportrait_jax.convert.vgg import perceptual_features
@@ -50,6 +51,13 @@ def open_person_frames(path: str, model: ml_collections.ConfigDict, split: str =
         frames = sources.OfficialLayoutFrames(path, get_topology(model.topology), model.image_size, model.id_dim)
     else:
         raise UserError(f"{path}: no such data folder")
+    return sources.ClipSubset(frames, person_clips(frames, path, person, clips))
+
+
+def person_clips(frames: FrameSource, path: str, person: int | None = None, clips: Sequence[int] | None = None
+                 ) -> np.ndarray:
+    """The clip indices (into `frames.clips`) of `person`'s clips, all or the given ordinals; `person` may be None
+    when the data at `path` hold one person."""
     persons = [int(p) for p in frames.clips.persons()]
     if person is None:
         if len(persons) != 1:
@@ -62,7 +70,7 @@ def open_person_frames(path: str, model: ml_collections.ConfigDict, split: str =
     ordinals = list(range(len(own))) if clips is None else list(clips)
     if not ordinals or any(not 0 <= o < len(own) for o in ordinals):
         raise UserError(f"{path}: person {person} has clips 0..{len(own) - 1}, asked for {ordinals}")
-    return sources.ClipSubset(frames, own[ordinals])
+    return own[ordinals]
 
 
 def load_identity_encoder(spec: str) -> tuple[Any, Any]:

@@ -1,6 +1,7 @@
 """The kinds of training, by `config.task`: each declares the network it trains (a `models.networks` name), its
 config checks, where its frames come from, its input pipeline and its trainer. Nothing outside this module asks
-which task a config is; a new task is one module defining these plus one line in TASKS.
+which task a config is; a new task is one module defining these plus one line in TASKS, or, from outside the package
+(research code, examples/), one `register_task` call.
 """
 
 import dataclasses
@@ -95,6 +96,17 @@ TASKS = {
     "temporal_sr": Task("temporal_sr", _check_temporal_sr, lambda c: open_frames(c.data, None), _sr_clips,
                         lambda config, network, _: SRTrainer(config, network), perceptual_taps="pre_relu"),
 }
+
+
+def register_task(name: str, task: Task) -> None:
+    """Makes `task` what `config.task = name` trains. A name already registered is refused unless it holds an equal
+    task (so that a script may register its task again, e.g. when it is rerun in one interpreter)."""
+    if not isinstance(task, Task):
+        raise ConfigError(f"register_task {name!r}: expected a Task, got {type(task).__name__}")
+    if name in TASKS and TASKS[name] != task:
+        raise ConfigError(f"register_task: task {name!r} is already registered (as {TASKS[name]}); choose another "
+                          f"name")
+    TASKS[name] = task
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:

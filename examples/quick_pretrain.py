@@ -1,0 +1,68 @@
+"""What the examples share: their data (the small synthetic set) and a quickly pretrained tiny model when the caller
+names none. Every stage resumes, so a second example (or a rerun) reuses what the first one trained."""
+
+import argparse
+import os
+
+import jax
+
+from metaportrait_jax import api
+from metaportrait_jax.config import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = "r64_tiny"  # 4 training and 2 held-out persons, 2 clips of 8 frames each: built in seconds
+
+
+def parser(doc: str, what: str, steps: int, seconds: float | None) -> argparse.ArgumentParser:
+    """An example's command line (its docstring as the help) with its budget: --steps and --seconds of `what`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps, help=f"{what} steps")
+    parser.add_argument("--seconds", type=float, default=seconds, help=f"{what} wall time at the most")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The example's flags plus --pretrained, --pretrain-steps and --root (the folder of the data, the pretrained
+    model, the examples' runs and their compiled programs)."""
+    parser.add_argument("--pretrained", help="a tiny generator checkpoint (default: pretrain one quickly)")
+    parser.add_argument("--pretrain-steps", type=int, default=10, help="per stage (warp, full) when pretraining")
+    parser.add_argument("--root", default="runs/examples", help="data/, pretrained/ and the examples' runs")
+    args = parser.parse_args()
+    # Compiling dominates these short runs, and the examples share programs (model init, the forward, the
+    # personalisation step): keep them on disk for the next example or rerun (unless the caller chose a cache).
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(args.root, "jax_cache")))
+    return args
+
+
+def data(args: argparse.Namespace) -> str:
+    """The synthetic data set's directory (built on first use)."""
+    return api.build_data("synthetic", os.path.join(args.root, "data"), synthetic=SYNTHETIC)
+
+
+def recipe(name: str, args: argparse.Namespace, steps: int):
+    """configs/<name>.py:tiny on the examples' data for `steps` steps: every step logged, no images, no checkpoint
+    on the way (the last step saves one)."""
+    config = load_config(os.path.join(REPO, "configs", f"{name}.py:tiny"))
+    config.data.update(data_dir=os.path.join(args.root, "data"), synthetic=SYNTHETIC)
+    config.train.update(steps=steps, decay_steps=(), image_every=0, checkpoint_every=10 ** 6, log_every=1)
+    return config
+
+
+def pretrained(args: argparse.Namespace, stages: tuple[str, ...] = ("warp", "full")) -> str:
+    """`--pretrained`, else the last of `stages` (warp, then full), `--pretrain-steps` each, in `<root>/pretrained`."""
+    if args.pretrained:
+        return args.pretrained
+    data(args)
+    start = ""
+    for stage in stages:
+        config = recipe(f"pretrain_{stage}", args, args.pretrain_steps)
+        # 5x the official rates and no GAN: a few CPU steps then show something, and compile fast
+        config.train.update(batch_size=2, learning_rate=1e-3, max_seconds=0.0)
+        config.train.loss.generator_gan = 0.0
+        config.train.loss.feature_matching = (0.0,) * len(config.train.loss.feature_matching)
+        config.init_from = start
+        start = api.train(config, os.path.join(args.root, "pretrained", stage), progress=False).export
+        if start is None:
+            raise SystemExit("stopped early; run the same command again to resume")
+    return start
