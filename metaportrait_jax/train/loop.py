@@ -133,7 +133,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     mesh = make_mesh(train.fsdp)
     if jax.process_index() == 0:
         print(describe_topology(mesh), flush=True)
-    state_sharding = tree_sharding(jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args), mesh)
+    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
+    state_sharding = tree_sharding(abstract, mesh)
     compiled_step = trainer.compile_step(state_sharding, batch_sharding(mesh), replicated(mesh))
 
     def step_fn(state, batch):
@@ -143,7 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_batches: Callable[
     shown_rows = jax.jit(trainer.preview, out_shardings=replicated(mesh))
 
     manager = checkpoint_manager(workdir, train)
-    state, iterator_state, how = start_state(config, manager, trainer, network, init_args, state_sharding)
+    state, iterator_state, how = start_state(config, manager, trainer, network, init_args, abstract, state_sharding)
     if jax.process_index() == 0:
         print(how, flush=True)
     batches = make_batches(iterator_state)

@@ -27,9 +27,9 @@ def init_from_variables(config: ml_collections.ConfigDict, network: str) -> dict
 
 
 def start_state(config: ml_collections.ConfigDict, manager: ocp.CheckpointManager, trainer, network: str,
-                init_args: tuple, state_sharding) -> tuple[Any, dict | None, str]:
-    """(train state on `state_sharding`, data-iterator state or None, how it started) for `trainer`."""
-    abstract = jax.eval_shape(trainer.init_state, jax.random.key(0), *init_args)
+                init_args: tuple, abstract: Any, state_sharding) -> tuple[Any, dict | None, str]:
+    """(train state on `state_sharding`, data-iterator state or None, how it started) for `trainer`; `abstract` is
+    the shapes and dtypes of its state (`jax.eval_shape` of `init_state`, which the caller has already traced)."""
     latest = manager.latest_step()
     if latest is not None:
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
