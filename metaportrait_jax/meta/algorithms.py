@@ -33,14 +33,14 @@ def check_algorithm(algorithm: str) -> None:
 
 
 def task_meta_gradient(algorithm: str, loss_fn: LossFn, params: Params, task: dict[str, Batch], steps: int,
-                       inner_optimizer: optax.GradientTransformation, *, remat: bool = False
-                       ) -> tuple[Params, dict[str, jax.Array]]:
+                       inner_optimizer: optax.GradientTransformation, *, remat: bool = False,
+                       unroll: bool = True) -> tuple[Params, dict[str, jax.Array]]:
     """(meta-gradient of one task, metrics): `support_loss_before`/`support_loss_after_inner` (the loss at the first
-    and last inner step) and, for the MAML variants, `query_loss` after adaptation."""
+    and last inner step) and, for the MAML variants, `query_loss` after adaptation. `remat`, `unroll`: `adapt`'s."""
     check_algorithm(algorithm)
 
     def adapted(theta):
-        return adapt(loss_fn, theta, task["support"], steps, inner_optimizer, remat=remat)
+        return adapt(loss_fn, theta, task["support"], steps, inner_optimizer, remat=remat, unroll=unroll)
 
     if algorithm == "maml":
         def query_loss(theta):
@@ -78,12 +78,13 @@ def over_tasks(fn: Callable, task_batching: str) -> Callable:
 
 def meta_batch_gradient(algorithm: str, loss_fn: LossFn, params: Params, tasks: dict[str, Batch], steps: int,
                         inner_optimizer: optax.GradientTransformation, *, remat: bool = False,
-                        task_batching: str = "vmap") -> tuple[Params, dict[str, jax.Array]]:
+                        unroll: bool = True, task_batching: str = "vmap") -> tuple[Params, dict[str, jax.Array]]:
     """Mean meta-gradient and mean metrics over `tasks` (every leaf has a leading task axis `[N, ...]`), the tasks
     batched by `over_tasks`."""
 
     def one(task: dict[str, Any]):
-        return task_meta_gradient(algorithm, loss_fn, params, task, steps, inner_optimizer, remat=remat)
+        return task_meta_gradient(algorithm, loss_fn, params, task, steps, inner_optimizer, remat=remat,
+                                  unroll=unroll)
 
     grads, metrics = over_tasks(one, task_batching)(tasks)
     return tree_mean(grads), tree_mean(metrics)

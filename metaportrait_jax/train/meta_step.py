@@ -132,7 +132,8 @@ class MetaTrainer:
             return meta_batch_gradient(
                 self.meta.algorithm, lambda p, batch: self.task_loss(p, state, batch), params,
                 {"support": tasks["support"], "query": tasks["query"]}, self.meta.inner_steps, self.inner_tx,
-                remat=self.meta.remat, task_batching=self.meta.task_batching), (), ()
+                remat=self.meta.remat, unroll=self.meta.unroll_inner_loop,
+                task_batching=self.meta.task_batching), (), ()
 
         # Each device adapts its own tasks in a shard_map: left to XLA's partitioner, a vmapped generator gradient
         # over a device-split axis came out wrong on 8 fake CPU devices (dense-motion gradient norm 1845, not 2702).
