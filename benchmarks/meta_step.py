@@ -1,6 +1,7 @@
 """Time and peak memory of one meta-step (one task) per algorithm, at `tiny` and `official_256`.
 
   python benchmarks/meta_step.py [--variants tiny,official_256] [--algorithms reptile,fomaml,maml] [--repeats 3]
+  python benchmarks/meta_step.py --variants tiny --algorithms reptile --unrolled true,false   # meta.unroll_inner_loop
 
 Each (variant, algorithm) runs in its own process, so the peak resident memory (`ru_maxrss`) is that step's (compile
 included); for a one-program step XLA's own estimate of its temporary buffers is printed beside it. Compile seconds
@@ -41,15 +42,17 @@ def one_task_trainer(variant: str, algorithm: str, fields: dict | None = None):
     return config, MetaTrainer(config, network), {"params": vgg}
 
 
-def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
+def measure(variant: str, algorithm: str, programs: str, repeats: int, unrolled: bool | None = None) -> dict:
     import jax
     import numpy as np
 
     from metaportrait_jax.models.generator import dummy_batch
     from metaportrait_jax.train.start import jit_init
 
-    config, trainer, perceptual = one_task_trainer(variant, algorithm, {"meta.maml_programs": programs,
-                                                                        "meta.remat": programs == "one"})
+    fields = {"meta.maml_programs": programs, "meta.remat": programs == "one"}
+    if unrolled is not None:  # else the variant's own
+        fields["meta.unroll_inner_loop"] = unrolled
+    config, trainer, perceptual = one_task_trainer(variant, algorithm, fields)
     state = jit_init(trainer.init_state)(jax.random.key(0), perceptual)
     size = config.model.image_size
 
@@ -74,6 +77,7 @@ def measure(variant: str, algorithm: str, programs: str, repeats: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - tic)
     return {"variant": variant, "algorithm": algorithm, "programs": programs,
+            "unrolled": config.meta.unroll_inner_loop, "support_loss": float(metrics["support_loss_after_inner"]),
             # composed programs compile at their first call
             "seconds_per_meta_step": min(times[1:]), "compile_seconds": compile_seconds + times[0] - min(times[1:]),
             "xla_temp_gib": memory.temp_size_in_bytes / 2 ** 30 if memory else float("nan"),
@@ -115,31 +119,38 @@ def main() -> None:
     parser.add_argument("--algorithms", default="reptile,fomaml,maml")
     parser.add_argument("--maml-programs", default="per_inner_step")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--unrolled", default="", help="meta.unroll_inner_loop values to compare, e.g. true,false "
+                                                        "(default: each variant's own)")
     parser.add_argument("--maml-backward-memory", metavar="VARIANT",
                         help="only compile MAML's VJP of one inner step at VARIANT and print XLA's buffer estimate")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # variant:algorithm:programs, run in a child process
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # variant:algorithm:programs:unrolled, in a child process
     args = parser.parse_args()
     if args.maml_backward_memory:
         print(json.dumps(maml_backward_memory(args.maml_backward_memory)))
         return
     if args.one:
-        variant, algorithm, programs = args.one.split(":")
-        print(json.dumps(measure(variant, algorithm, programs, args.repeats)))
+        variant, algorithm, programs, unrolled = args.one.split(":")
+        print(json.dumps(measure(variant, algorithm, programs, args.repeats,
+                                 None if unrolled == "" else unrolled == "true")))
         return
-    print("| variant | algorithm | programs | s / meta-step | compile s | XLA temp GiB | peak RSS GiB |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| variant | algorithm | programs | inner loop unrolled | s / meta-step | compile s | support loss | "
+          "XLA temp GiB | peak RSS GiB |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
     for variant in args.variants.split(","):
         for algorithm in args.algorithms.split(","):
             for programs in (args.maml_programs.split(",") if algorithm == "maml" else ["one"]):
-                out = subprocess.run([sys.executable, __file__, "--one", f"{variant}:{algorithm}:{programs}",
-                                      "--repeats", str(args.repeats)], capture_output=True, text=True)
-                if out.returncode:
-                    print(f"| {variant} | {algorithm} | {programs} | failed: "
-                          f"{out.stderr.strip().splitlines()[-1]} |")
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"| {variant} | {algorithm} | {programs} | {r['seconds_per_meta_step']:.3f} | "
-                      f"{r['compile_seconds']:.1f} | {r['xla_temp_gib']:.2f} | {r['peak_rss_gib']:.2f} |", flush=True)
+                for unrolled in (args.unrolled.lower().split(",") if args.unrolled else [""]):
+                    out = subprocess.run([sys.executable, __file__, "--one",
+                                          f"{variant}:{algorithm}:{programs}:{unrolled}", "--repeats",
+                                          str(args.repeats)], capture_output=True, text=True)
+                    if out.returncode:
+                        print(f"| {variant} | {algorithm} | {programs} | {unrolled} | failed: "
+                              f"{out.stderr.strip().splitlines()[-1]} |")
+                        continue
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    print(f"| {variant} | {algorithm} | {programs} | {r['unrolled']} | "
+                          f"{r['seconds_per_meta_step']:.3f} | {r['compile_seconds']:.1f} | {r['support_loss']:.5f} | "
+                          f"{r['xla_temp_gib']:.2f} | {r['peak_rss_gib']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         maml_programs="per_inner_step",  # maml: "per_inner_step" (small programs) | "one" (jax.grad through adapt)
         remat=False,                  # maml_programs="one": jax.checkpoint per inner step (memory of one step)
         # False: the inner loop as a rolled lax.scan, which compiles one inner step instead of all and runs slower:
-        # the better trade for tiny's short runs, which are mostly compiling
-        unroll_inner_loop=official,
+        # the better trade only for runs of a few meta-steps (README, Tests)
+        unroll_inner_loop=True,
     ))
     return config
