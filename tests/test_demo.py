@@ -1,14 +1,18 @@
-"""The README's main command end to end with a reduced budget: every stage runs and the three outputs are written;
-(slow) a rerun, which resumes the finished training runs, reproduces the personalisation results."""
+"""The README's main command end to end with a reduced budget: every stage runs, the three outputs are written and
+meta-training starts from the full stage's model with its spectral norm folded in; (slow) a rerun, which resumes the
+finished training runs, reproduces the personalisation results."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from metaportrait_jax.media.video import read_video_frames
+from metaportrait_jax.train.checkpoint import load_model, load_sn_free_generator
 from run_tools import device_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,10 +52,25 @@ def _check_outputs(output: str, stdout: str) -> dict:
     return results
 
 
+def _check_meta_start(output: str) -> None:
+    """The meta-trained model (one meta-step) starts from the full stage's spectral-norm model, folded (the folding
+    itself equals torch's remove_spectral_norm: tests/test_convert_official_base.py), and is exported without
+    spectral norm: one outer Adam step moved the folded weights, each by at most about the learning rate."""
+    full_config, full_variables, _ = load_model(os.path.join(output, "full", "export"))
+    assert full_config.model.use_sn and "spectral" in full_variables
+    config, variables, discriminator = load_model(os.path.join(output, "meta", "export"))
+    assert not config.model.use_sn and "spectral" not in variables and discriminator is None
+    _, folded = load_sn_free_generator(os.path.join(output, "full", "export"))
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(variables))]
+    assert 0 < max(moved) <= config.train.learning_rate * 1.01, (max(moved), config.train.learning_rate)
+
+
 @pytest.mark.minutes
 def test_demo_writes_its_outputs(tmp_path):
     output = str(tmp_path / "demo")
     _check_outputs(output, _demo(output).stdout)
+    _check_meta_start(output)
 
 
 # The rerun re-proves resuming finished runs (tests/test_train.py) and deterministic personalisation

@@ -133,6 +133,21 @@ def test_reenact_writes_the_driving_clip_and_scores_it(root, sn_free_start, tmp_
         api.reenact(sn_free_start, data, str(tmp_path / "x.avi"), person=1)
 
 
+def test_shipped_start_model_reproduces_its_recorded_one_shot_psnr(root, tmp_path):
+    """examples/start_model (what the examples start from unless told otherwise) is a tiny generator of the full-stage
+    recipe, and animates each held-out person as recorded when it was trained (examples/quick_pretrain.py)."""
+    start = _example("quick_pretrain").START_MODEL
+    config, _, discriminator = api.load_model(start)
+    assert discriminator is None and config.model.to_dict() == _config("pretrain_full").model.to_dict()
+    with open(os.path.join(start, "one_shot_psnr.json")) as f:
+        recorded = json.load(f)
+    for person, psnr in recorded.items():
+        shown = api.reenact(start, os.path.join(root, "data"), str(tmp_path / f"{person}.mp4"), person=int(person),
+                            source_clip=0, driving_clip=1)
+        # float32 round-off of another machine's kernels moves a mean PSNR by far less than 0.01 dB
+        assert shown.psnr == pytest.approx(psnr, abs=0.01), person
+
+
 def test_register_task_refuses_a_taken_name():
     task = dataclasses.replace(api.TASKS["generator"], perceptual_taps="pre_relu")
     api.register_task("test_example_task", task)

@@ -48,10 +48,10 @@ FSDP = "--config.train.fsdp=2"
 # Every subcommand that runs as a multi-process job, one line each: it must run STEPS steps and keep Orbax
 # checkpoints in {workdir}/checkpoints/<step>/state (step STEPS - 1 included) and metrics.jsonl as `train` does.
 # The full stage and meta-training compile minutes longer than the warp stage: they run with the slow tests.
+WARP = ["train", "--config", _config("pretrain_warp.py:tiny"), *TINY]
 COMMANDS = {
-    "pretrain-warp-float64": ["train", "--config", _config("pretrain_warp.py:tiny"), *TINY, FLOAT64],
-    "pretrain-warp-fixed-order": pytest.param(["train", "--config", _config("pretrain_warp.py:tiny"), *TINY,
-                                               FIXED_ORDER], marks=pytest.mark.slow),
+    "pretrain-warp-float64": [*WARP, FLOAT64],
+    "pretrain-warp-fixed-order": pytest.param([*WARP, FIXED_ORDER], marks=pytest.mark.slow),
     "pretrain-full": pytest.param(["train", "--config", _config("pretrain_full.py:tiny"), *TINY, FIXED_ORDER],
                                   marks=pytest.mark.slow),
     "meta-train": pytest.param(["meta-train", "--config", _config("meta_train.py:tiny"), *TINY, FIXED_ORDER,
@@ -181,7 +181,7 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
 
 
 def _training(workdir: str, synthetic: str) -> list[str]:
-    return [*CLI.split(), *_argv(COMMANDS["pretrain-warp"], workdir, synthetic), "--config.train.steps=1000"]
+    return [*CLI.split(), *_argv(WARP, workdir, synthetic), "--config.train.steps=1000"]
 
 
 @pytest.mark.slow

@@ -150,6 +150,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic,
     command = _train_command(synthetic, interrupted, steps)
     rng = np.random.default_rng()
     assert start_and_signal(command, interrupted, int(rng.integers(1, 3)), signal.SIGTERM) == 0  # saves, exits
+    assert not os.path.exists(os.path.join(interrupted, "export"))  # no half-trained model is exported
     assert start_and_signal(command, interrupted, int(rng.integers(3, 5)), signal.SIGKILL) == -signal.SIGKILL
     subprocess.run(command, env=env, check=True, capture_output=True)
 
