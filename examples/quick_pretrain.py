@@ -1,16 +1,24 @@
-"""What the examples share: their data (the small synthetic set) and a quickly pretrained tiny model when the caller
-names none. Every stage resumes, so a second example (or a rerun) reuses what the first one trained."""
+"""What the examples share: their data (the small synthetic set) and their start model, a tiny generator: the one
+shipped in examples/start_model/ (trained by this file, see there), `--pretrained`, or with `--pretrain` one
+pretrained here. Every stage resumes, so a second example (or a rerun) reuses what the first one trained.
+
+  python examples/quick_pretrain.py --pretrain-steps 300 --root runs/start_model   # writes examples/start_model
+"""
 
 import argparse
+import json
 import os
+import shutil
 
 import jax
 
 from metaportrait_jax import api
 from metaportrait_jax.config import load_config
+from metaportrait_jax.train.checkpoint import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = "r64_tiny"  # 4 training and 2 held-out persons, 2 clips of 8 frames each: built in seconds
+START_MODEL = os.path.join(REPO, "examples", "start_model")  # the shipped start model (generator only)
 
 
 def parser(doc: str, what: str, steps: int, seconds: float | None) -> argparse.ArgumentParser:
@@ -24,8 +32,9 @@ def parser(doc: str, what: str, steps: int, seconds: float | None) -> argparse.A
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """The example's flags plus --pretrained, --pretrain-steps and --root (the folder of the data, the pretrained
     model, the examples' runs and their compiled programs)."""
-    parser.add_argument("--pretrained", help="a tiny generator checkpoint (default: pretrain one quickly)")
-    parser.add_argument("--pretrain-steps", type=int, default=10, help="per stage (warp, full) when pretraining")
+    parser.add_argument("--pretrained", help="a tiny generator checkpoint (default: examples/start_model)")
+    parser.add_argument("--pretrain", action="store_true", help="pretrain the start model here instead")
+    parser.add_argument("--pretrain-steps", type=int, default=10, help="per stage (warp, full) with --pretrain")
     parser.add_argument("--root", default="runs/examples", help="data/, pretrained/ and the examples' runs")
     args = parser.parse_args()
     # Compiling dominates these short runs, and the examples share programs (model init, the forward, the
@@ -50,9 +59,12 @@ def recipe(name: str, args: argparse.Namespace, steps: int):
 
 
 def pretrained(args: argparse.Namespace, stages: tuple[str, ...] = ("warp", "full")) -> str:
-    """`--pretrained`, else the last of `stages` (warp, then full), `--pretrain-steps` each, in `<root>/pretrained`."""
+    """`--pretrained`, else the shipped start model, else (or with `--pretrain`) the last of `stages` (warp, then
+    full) pretrained `--pretrain-steps` each in `<root>/pretrained`."""
     if args.pretrained:
         return args.pretrained
+    if not args.pretrain and os.path.exists(os.path.join(START_MODEL, "config.json")):
+        return START_MODEL
     data(args)
     start = ""
     for stage in stages:
@@ -66,3 +78,32 @@ def pretrained(args: argparse.Namespace, stages: tuple[str, ...] = ("warp", "ful
         if start is None:
             raise SystemExit("stopped early; run the same command again to resume")
     return start
+
+
+def main() -> None:
+    """Pretrains (warp, then full stage) and writes the generator alone to examples/start_model, with both stages'
+    metrics.jsonl, their loss plot and the one-shot PSNR on each held-out person's second clip."""
+    args = parse_args(argparse.ArgumentParser(description=__doc__,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    args.pretrain = True
+    if os.path.exists(START_MODEL):
+        raise SystemExit(f"{START_MODEL} exists; move it away to train a new one")
+    config, variables, _ = api.load_model(pretrained(args))
+    save_model(START_MODEL, config, variables, network="generator")
+    logs = {}
+    for stage in ("warp", "full"):
+        logs[stage] = shutil.copy(os.path.join(args.root, "pretrained", stage, "metrics.jsonl"),
+                                  os.path.join(START_MODEL, f"{stage}_metrics.jsonl"))
+    api.plot_losses(logs, os.path.join(START_MODEL, "losses.png"))
+    one_shot = {}
+    for person in (0, 1):
+        shown = api.reenact(START_MODEL, data(args), os.path.join(args.root, f"one_shot_{person}.mp4"), person=person,
+                            source_clip=0, driving_clip=1)
+        one_shot[str(person)] = shown.psnr
+    with open(os.path.join(START_MODEL, "one_shot_psnr.json"), "w") as f:
+        json.dump(one_shot, f, indent=1)
+    print(f"start model: {START_MODEL}; one-shot PSNR (dB) by held-out person: {one_shot}")
+
+
+if __name__ == "__main__":
+    main()
