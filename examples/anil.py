@@ -3,7 +3,7 @@ loop the whole generator. Registered as the task "anil", meta-trained from a pre
 in the adaptation benchmark with that model, and with `--runs fomaml,anil` also with FOMAML (the same outer rule,
 every module adapted; a second meta-step program to compile).
 
-  python examples/anil.py [--pretrained CHECKPOINT] [--steps 3] [--seconds 10] [--inner-steps 1] [--runs anil]
+  python examples/anil.py [--pretrained CHECKPOINT] [--steps 1] [--seconds 10] [--inner-steps 1] [--runs anil]
 """
 
 import dataclasses
@@ -39,7 +39,7 @@ api.register_task("anil", dataclasses.replace(api.TASKS["meta"], trainer=AnilTra
 
 
 def main() -> None:
-    parser = quick_pretrain.parser(__doc__, "meta-training (per algorithm)", steps=3, seconds=10.0)
+    parser = quick_pretrain.parser(__doc__, "meta-training (per algorithm)", steps=1, seconds=10.0)
     parser.add_argument("--inner-steps", type=int, default=1, help="meta.inner_steps (each one lengthens compiling)")
     parser.add_argument("--runs", default="anil", help="which of fomaml and anil to meta-train (comma-separated)")
     parser.add_argument("--persons", type=int, default=2, help="held-out persons to personalise")
