@@ -2,7 +2,7 @@
 shipped in examples/start_model/ (trained by this file, see there), `--pretrained`, or with `--pretrain` one
 pretrained here. Every stage resumes, so a second example (or a rerun) reuses what the first one trained.
 
-  python examples/quick_pretrain.py --pretrain-steps 300 --root runs/start_model   # writes examples/start_model
+  python examples/quick_pretrain.py --pretrain-steps 200 --root runs/start_model   # writes examples/start_model
 """
 
 import argparse
@@ -86,6 +86,8 @@ def main() -> None:
     args = parse_args(argparse.ArgumentParser(description=__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
     args.pretrain = True
+    if args.pretrained:
+        raise SystemExit("quick_pretrain.py trains the start model itself: --pretrained does not apply")
     if os.path.exists(START_MODEL):
         raise SystemExit(f"{START_MODEL} exists; move it away to train a new one")
     config, variables, _ = api.load_model(pretrained(args))
