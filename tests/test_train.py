@@ -17,7 +17,7 @@ import pytest
 from metaportrait_jax.config import ConfigError, load_config
 from metaportrait_jax.data.pipeline import PipelineSpec, make_dataset, make_iterator
 from metaportrait_jax.data.sources import TfdsFrames
-from metaportrait_jax.train.checkpoint import load_model, save_model
+from metaportrait_jax.train.checkpoint import load_model, read_checkpoint_config, save_model
 from metaportrait_jax.train.start import init_from_variables, jit_init
 from metaportrait_jax.train.sharding import batch_sharding, global_batch, make_mesh, tree_sharding
 from metaportrait_jax.train.step import WARP_MODULES, Trainer, TrainState
@@ -152,7 +152,10 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(synthetic,
     assert start_and_signal(command, interrupted, int(rng.integers(1, 3)), signal.SIGTERM) == 0  # saves, exits
     assert not os.path.exists(os.path.join(interrupted, "export"))  # no half-trained model is exported
     assert start_and_signal(command, interrupted, int(rng.integers(3, 5)), signal.SIGKILL) == -signal.SIGKILL
+    # finished short of `steps`, then extended: the longer run's model replaces the export, the old one is kept
+    subprocess.run(_train_command(synthetic, interrupted, steps - 1), env=env, check=True, capture_output=True)
     subprocess.run(command, env=env, check=True, capture_output=True)
+    assert read_checkpoint_config(os.path.join(interrupted, f"export.step{steps - 1}")).train.steps == steps - 1
 
     _, ours, _ = load_model(os.path.join(interrupted, "export"))
     _, reference, _ = load_model(os.path.join(straight, "export"))

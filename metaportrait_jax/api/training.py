@@ -111,6 +111,24 @@ def personalize(checkpoint: str, data: str, output: str, steps: int | None = Non
     return _train(config, os.path.join(output, "run"), progress, frames, output)
 
 
+def _export_is_current(directory: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether `directory` holds the export of this run already (a rerun of a finished run). An export of fewer
+    steps (the run was since extended with a larger `train.steps`) is kept as `<directory>.step<N>` and False is
+    returned, so the longer run's model replaces it."""
+    # config.json is written last, after the collective save every process takes part in: no process can see it
+    # before all have decided to save
+    if not os.path.exists(os.path.join(directory, CONFIG_FILE)):
+        return False
+    stored_steps = int(read_checkpoint_config(directory).train.steps)
+    if stored_steps == int(config.train.steps):
+        return True
+    if jax.process_index() == 0:
+        os.replace(directory, f"{directory}.step{stored_steps}")
+    if jax.process_count() > 1:  # every process sees the old export moved before the collective save
+        multihost_utils.sync_global_devices("old export moved")
+    return False
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, progress: bool, frames: FrameSource | None = None,
            export: str | None = None) -> TrainResult:
     """`train`, with `frames` replacing the config's data and `export` the model checkpoint's directory."""
@@ -134,10 +152,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, progress: bool, fram
     export = export or os.path.join(workdir, "export")
     if outcome.done:
         for suffix, (variables, discriminator) in trainer.exports(outcome.state).items():
-            # config.json is written last, after the collective save every process takes part in: no process can
-            # see it before all have decided to save
-            if not os.path.exists(os.path.join(export + suffix, CONFIG_FILE)):
-                save_model(export + suffix, config, variables, discriminator, network=task.network)
+            if _export_is_current(export + suffix, config):
+                continue
+            save_model(export + suffix, config, variables, discriminator, network=task.network)
         if jax.process_count() > 1:  # no process may go on (e.g. to a stage reading the export) before it is complete
             multihost_utils.sync_global_devices("export written")
     return TrainResult(export if outcome.done else None, int(outcome.state.step), time.perf_counter() - tic,
