@@ -1,8 +1,8 @@
 """What the examples share: their data (the small synthetic set) and their start model, a tiny generator: the one
-shipped in examples/start_model/ (trained by this file, see there), `--pretrained`, or with `--pretrain` one
+shipped in pretrained/base/ (trained by this file, see pretrained/README.md), `--pretrained`, or with `--pretrain` one
 pretrained here. Every stage resumes, so a second example (or a rerun) reuses what the first one trained.
 
-  python examples/quick_pretrain.py --pretrain-steps 200 --root runs/start_model   # writes examples/start_model
+  python examples/quick_pretrain.py --pretrain-steps 200 --root runs/start_model   # writes pretrained/base
 """
 
 import argparse
@@ -18,7 +18,7 @@ from metaportrait_jax.train.checkpoint import save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = "r64_tiny"  # 4 training and 2 held-out persons, 2 clips of 8 frames each: built in seconds
-START_MODEL = os.path.join(REPO, "examples", "start_model")  # the shipped start model (generator only)
+START_MODEL = os.path.join(REPO, "pretrained", "base")  # the shipped start model (generator only)
 
 
 def parser(doc: str, what: str, steps: int, seconds: float | None) -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def parser(doc: str, what: str, steps: int, seconds: float | None) -> argparse.A
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """The example's flags plus --pretrained, --pretrain-steps and --root (the folder of the data, the pretrained
     model, the examples' runs and their compiled programs)."""
-    parser.add_argument("--pretrained", help="a tiny generator checkpoint (default: examples/start_model)")
+    parser.add_argument("--pretrained", help="a tiny generator checkpoint (default: pretrained/base)")
     parser.add_argument("--pretrain", action="store_true", help="pretrain the start model here instead")
     parser.add_argument("--pretrain-steps", type=int, default=10, help="per stage (warp, full) with --pretrain")
     parser.add_argument("--root", default="runs/examples", help="data/, pretrained/ and the examples' runs")
@@ -80,8 +80,21 @@ def pretrained(args: argparse.Namespace, stages: tuple[str, ...] = ("warp", "ful
     return start
 
 
+def record_one_shot_psnr(model: str, args: argparse.Namespace) -> dict[str, float]:
+    """Mean PSNR (dB) of `api.reenact` on each held-out person's second clip driving its first clip's source frame,
+    written to `<model>/one_shot_psnr.json` (tests/test_examples.py reproduces it)."""
+    one_shot = {}
+    for person in (0, 1):
+        shown = api.reenact(model, data(args), os.path.join(args.root, f"one_shot_{person}.mp4"), person=person,
+                            source_clip=0, driving_clip=1)
+        one_shot[str(person)] = shown.psnr
+    with open(os.path.join(model, "one_shot_psnr.json"), "w") as f:
+        json.dump(one_shot, f, indent=1)
+    return one_shot
+
+
 def main() -> None:
-    """Pretrains (warp, then full stage) and writes the generator alone to examples/start_model, with both stages'
+    """Pretrains (warp, then full stage) and writes the generator alone to pretrained/base, with both stages'
     metrics.jsonl, their loss plot and the one-shot PSNR on each held-out person's second clip."""
     args = parse_args(argparse.ArgumentParser(description=__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
@@ -97,13 +110,7 @@ def main() -> None:
         logs[stage] = shutil.copy(os.path.join(args.root, "pretrained", stage, "metrics.jsonl"),
                                   os.path.join(START_MODEL, f"{stage}_metrics.jsonl"))
     api.plot_losses(logs, os.path.join(START_MODEL, "losses.png"))
-    one_shot = {}
-    for person in (0, 1):
-        shown = api.reenact(START_MODEL, data(args), os.path.join(args.root, f"one_shot_{person}.mp4"), person=person,
-                            source_clip=0, driving_clip=1)
-        one_shot[str(person)] = shown.psnr
-    with open(os.path.join(START_MODEL, "one_shot_psnr.json"), "w") as f:
-        json.dump(one_shot, f, indent=1)
+    one_shot = record_one_shot_psnr(START_MODEL, args)
     print(f"start model: {START_MODEL}; one-shot PSNR (dB) by held-out person: {one_shot}")
 
 

@@ -51,8 +51,13 @@ archive=$(mktemp --suffix=.tar.gz)
 tar -czf "${archive}" --exclude=.venv --exclude=.git --exclude=results --exclude=tpu_logs -C "$(dirname "$0")/.." .
 tpu scp "${archive}" "${name}:metaportrait.tar.gz" --worker=all
 rm -f "${archive}"
-setup='mkdir -p metaportrait && tar -xzf metaportrait.tar.gz -C metaportrait && cd metaportrait &&
-  python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e . "jax[tpu]==0.10.2"'
+# The project's own install with the TPU extra (`make install ACCEL=tpu`: libtpu for this jax, the tested versions
+# of requirements/constraints.txt). The TPU VM images are Ubuntu 22.04, whose python3 is 3.10 and too old for jax
+# 0.10: Ubuntu's python3.11 (and make, venv) are installed first. Knob: TPU_PYTHON (default python3.11).
+tpu_python=${TPU_PYTHON:-python3.11}
+setup="sudo apt-get update -q && sudo apt-get install -y -q make ${tpu_python} ${tpu_python}-venv &&
+  mkdir -p metaportrait && tar -xzf metaportrait.tar.gz -C metaportrait && cd metaportrait &&
+  make install ACCEL=tpu PYTHON=${tpu_python}"
 tpu ssh --worker=all --command "${setup}"
 if [[ -n ${SHARED_STORAGE_COMMAND:-} ]]; then
   tpu ssh --worker=all --command "${SHARED_STORAGE_COMMAND}"

@@ -58,10 +58,16 @@ def run_command(args: argparse.Namespace, overrides: Sequence[str]) -> None:
                   f"{first['generator_loss']:.4f} -> {last['generator_loss']:.4f} (each step: run/metrics.jsonl)")
         print(f"personalised model checkpoint: {result.export}" if result.export else
               f"stopped early; rerun the same command to resume from {args.output}")
+    elif command == "export":
+        done = _call(api.export, args)
+        print(f"wrote {done.output} ({done.bytes / 2 ** 20:.1f} MiB; {', '.join(done.platforms)}; batch "
+              f"{done.batch_size}; {done.seconds:.1f} s)")
     elif command == "benchmark":
         _call(api.adaptation_benchmark, args, config=load_config(args.config, overrides))
     elif command == "demo":
         _call(api.demo, args, settings=_call(api.DemoSettings, args), overrides=overrides)
+    elif command == "doctor":
+        print(api.doctor().format())
 
 
 def _call(function, args: argparse.Namespace, **given):
@@ -138,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=_positive_int, help="animate only the first N driving frames")
     p.add_argument("--sr", metavar="DIR", help="a temporal SR checkpoint doubles the size (--official-data: OUT/sr_*/)")
 
+    p = sub.add_parser("export", help="the animation forward with its weights as one file (jax.export; runs "
+                       "without Flax or this package: examples/run_exported.py)")
+    p.add_argument("--checkpoint", required=True, help="a generator model checkpoint")
+    p.add_argument("--output", required=True, help="the artifact to write (.npz)")
+    p.add_argument("--batch", type=_positive_int, help="frames per call (default: the checkpoint's inference batch)")
+    p.add_argument("--platforms", type=lambda t: t.split(","), help="default cpu,cuda,tpu (one artifact for all)")
+
     p = sub.add_parser("evaluate", help="self-reconstruction and cross-identity metrics (JSON and Markdown)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="a TFDS frame data set (its folder) or an official-layout folder")
@@ -208,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "batch_size"):  # api.DemoSettings (not imported here: --help stays fast)
         p.add_argument(f"--{field.replace('_', '-')}", type=_positive_int, help="default: see api.DemoSettings")
     p.add_argument("--seed", type=int, help="default: see api.DemoSettings")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the starts here (warp, full, meta steps) instead of using pretrained/'s")
+
+    sub.add_parser("doctor", help="backend, devices, package versions and XLA flags; warns of a CPU fallback")
     for name in ("evaluate", "train", "meta-train", "personalize", "benchmark"):
         sub.choices[name].add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -12,7 +12,9 @@ import ml_collections
 from metaportrait_jax.errors import UserError
 
 # The recipes of this checkout (configs/ beside the package): the CLI's defaults and the demo's stages.
-REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_CONFIGS = os.path.join(REPO, "configs")
+REPO_PRETRAINED = os.path.join(REPO, "pretrained")  # the models trained by our recipes, shipped (pretrained/README.md)
 
 
 class ConfigError(UserError):

@@ -133,16 +133,18 @@ def test_reenact_writes_the_driving_clip_and_scores_it(root, sn_free_start, tmp_
         api.reenact(sn_free_start, data, str(tmp_path / "x.avi"), person=1)
 
 
-def test_shipped_start_model_reproduces_its_recorded_one_shot_psnr(root, tmp_path):
-    """examples/start_model (what the examples start from unless told otherwise) is a tiny generator of the full-stage
-    recipe, and animates each held-out person as recorded when it was trained (examples/quick_pretrain.py)."""
-    start = _example("quick_pretrain").START_MODEL
-    config, _, discriminator = api.load_model(start)
-    assert discriminator is None and config.model.to_dict() == _config("pretrain_full").model.to_dict()
-    with open(os.path.join(start, "one_shot_psnr.json")) as f:
+@pytest.mark.parametrize("name", ["base", "control", "meta"])
+def test_each_shipped_model_reproduces_its_recorded_one_shot_psnr(root, tmp_path, name):
+    """pretrained/<name> (what the demo personalises from; base is also the examples' start) is a tiny generator of
+    its recipe's model, and animates each held-out person as recorded when it was shipped (pretrained/README.md)."""
+    shipped = os.path.join(REPO, "pretrained", name)
+    config, _, discriminator = api.load_model(shipped)
+    expected = _config("pretrain_full" if name == "base" else "meta_train").model
+    assert discriminator is None and config.model.to_dict() == expected.to_dict()
+    with open(os.path.join(shipped, "one_shot_psnr.json")) as f:
         recorded = json.load(f)
     for person, psnr in recorded.items():
-        shown = api.reenact(start, os.path.join(root, "data"), str(tmp_path / f"{person}.mp4"), person=int(person),
+        shown = api.reenact(shipped, os.path.join(root, "data"), str(tmp_path / f"{person}.mp4"), person=int(person),
                             source_clip=0, driving_clip=1)
         # measured: the same value on the AVX-512 and AVX2 paths, 2e-6 dB apart with 8 threads (a pixel rounded to
         # the next uint8 level moves it about that much); 0.01 dB leaves room for thousands of such flips

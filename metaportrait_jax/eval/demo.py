@@ -36,14 +36,16 @@ def write_animation(video: np.ndarray, output_dir: str, fps: float) -> tuple[str
     return mp4, png
 
 
-def write_metrics(path: str, results: dict, adaptation_table: str, seconds: dict[str, float], settings) -> None:
-    """`metrics.md`: one-shot vs personalised quality per start, the adaptation table and the wall time per stage."""
+def write_metrics(path: str, results: dict, source_copy: dict[str, float], adaptation_table: str,
+                  seconds: dict[str, float], settings: str) -> None:
+    """`metrics.md`: one-shot vs personalised quality per start beside the source-copy baseline (the source frame as
+    the answer), the adaptation table and the wall time per stage; `settings` says where the models came from."""
     lines = ["# Demo metrics", "",
              f"Held-out persons of the synthetic benchmark: personalised on their first clip, judged on their second "
-             f"clip (driven from the first clip's source frame). Settings: warp {settings.warp_steps}, full "
-             f"{settings.full_steps}, meta {settings.meta_steps} steps, personalisation {settings.personalize_steps} "
-             f"steps, batch {settings.batch_size}, seed {settings.seed}.", "",
-             "| model | PSNR dB ↑ | SSIM ↑ | LPIPS ↓ |", "|---|---:|---:|---:|"]
+             f"clip (driven from the first clip's source frame). {settings}", "",
+             "| model | PSNR dB ↑ | SSIM ↑ | LPIPS ↓ |", "|---|---:|---:|---:|",
+             f"| source copy (no motion) | {source_copy['psnr']:.2f} | {source_copy['ssim']:.3f} | "
+             f"{source_copy['lpips']:.3f} |"]
     for name, result in results.items():
         for label, row in ((f"{name}, one-shot", result["mean"][0]),
                            (f"{name}, personalised {result['mean'][-1]['step']} steps", result["mean"][-1])):
