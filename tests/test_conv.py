@@ -160,3 +160,26 @@ def test_rejects_bad_arguments():
         conv2d(x, kernel[:, :, :2], 1, 1)
     with pytest.raises(ValueError):
         conv2d(x, kernel, 1, 1, weight_grad_method="fft")
+
+
+def test_auto_weight_grad_uses_the_products_on_cpu_and_xla_elsewhere(monkeypatch):
+    """'auto' picks per platform when the program is lowered: on CPU the strips (a `while` loop over matrix
+    products), for GPU and TPU XLA's own weight-gradient convolution; on CPU it equals 'strips' bit for bit."""
+    x, kernel, g = data(1, 96, 8, 32, 3, 1, 1)  # batch 1, 32 output channels, 96²: prefer_lax is False
+    assert not conv_module.prefer_lax(1, 8, 32, 9, 1, 96 * 96)
+
+    def grad(method):
+        return jax.jit(lambda b: jax.grad(lambda k: jnp.vdot(conv2d(x, k, 1, 1, weight_grad_method=method), g))(b))
+
+    def lowered(platform: str) -> str:
+        exported = jax.export.export(grad("auto"), platforms=(platform,))(jax.ShapeDtypeStruct(kernel.shape,
+                                                                                                kernel.dtype))
+        return exported.mlir_module()
+
+    monkeypatch.setattr(conv_module, "SINGLE_PRODUCT_BYTES", 0)  # strips where 'auto' would take one product
+    np.testing.assert_array_equal(grad("auto")(kernel), grad("strips")(kernel))
+    cpu, cuda, tpu = lowered("cpu"), lowered("cuda"), lowered("tpu")
+    # the program is the weight gradient alone (x is a constant: no input gradient; the loss needs no forward)
+    assert "stablehlo.while" in cpu and "stablehlo.convolution" not in cpu
+    for other in (cuda, tpu):
+        assert "stablehlo.while" not in other and other.count("stablehlo.convolution") == 1

@@ -12,7 +12,8 @@ multiplies them with the strip's output gradient `[pixels, O]`. Same products an
 round-off differences only (and closer to a float64 reference than XLA's: 5e-7 vs 1e-5 relative at 256²). 1x1
 kernels are a single matrix product; problems whose patches fit in cache are one product without the loop. Where
 XLA's own weight gradient measured faster (batch >= 4, many more input than output channels, small problems; see
-`prefer_lax`), 'auto' keeps it. `benchmarks/conv_grad.py` measures both.
+`prefer_lax`), and on every platform but the CPU (the products were measured on CPUs only), 'auto' keeps it.
+`benchmarks/conv_grad.py` measures both.
 
 The backward pass is written with ordinary differentiable lax ops, so gradients of gradients (second-order MAML,
 Hessian-vector products) work; forward-mode differentiation of `conv2d` itself (`jax.jvp`) does not, as for any
@@ -99,22 +100,31 @@ def weight_grad(x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], stride: 
 
     method: 'lax' (XLA's weight-gradient convolution), 'patches' (one im2col matrix product), 'strips' (the same
     product summed over strips of output rows in a `lax.scan`, so each strip's patches stay in cache), or 'auto'
-    ('lax' where `prefer_lax`, else 'patches' when all patches fit in SINGLE_PRODUCT_BYTES, else 'strips').
+    ('lax' where `prefer_lax`, else on CPU 'patches' when all patches fit in SINGLE_PRODUCT_BYTES, else 'strips';
+    on any other platform 'lax', chosen per platform when the program is lowered).
     """
     if method not in WEIGHT_GRAD_METHODS:
         raise ValueError(f"method must be one of {WEIGHT_GRAD_METHODS}, got {method!r}")
     kh, kw = kernel_hw
     batch, out_h, out_w, out_c = g.shape
     in_c = x.shape[-1]
-    if method == "auto" and prefer_lax(batch, in_c, out_c, kh * kw, stride, batch * out_h * out_w):
-        method = "lax"
+    patch_bytes = kh * kw * in_c * jnp.dtype(x.dtype).itemsize  # one pixel's patch
+    if method == "auto":
+        if prefer_lax(batch, in_c, out_c, kh * kw, stride, batch * out_h * out_w):
+            method = "lax"
+        else:
+            products = "patches" if batch * out_h * out_w * patch_bytes <= SINGLE_PRODUCT_BYTES else "strips"
+            # The products were measured faster on XLA:CPU only; a program lowered for a GPU or TPU (or for several
+            # platforms, e.g. by jax.export) keeps the vendor's weight-gradient convolution there.
+            return jax.lax.platform_dependent(
+                x, g, cpu=lambda x, g: weight_grad(x, g, kernel_hw, stride, padding, products),
+                default=lambda x, g: weight_grad(x, g, kernel_hw, stride, padding, "lax"))
     if method == "lax":
         kernel = jnp.zeros((kh, kw, in_c, out_c), x.dtype)
         return jax.vjp(lambda k: _forward(x, k, stride, padding), kernel)[1](g)[0]
     acc_dtype = _acc_dtype(x.dtype)
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
-    patch_bytes = kh * kw * in_c * jnp.dtype(x.dtype).itemsize  # one pixel's patch
-    if method == "patches" or (method == "auto" and batch * out_h * out_w * patch_bytes <= SINGLE_PRODUCT_BYTES):
+    if method == "patches":
         dw = _patch_product(xp, g, kh, kw, stride, acc_dtype)
         return dw.reshape(kh, kw, in_c, out_c).astype(x.dtype)
     # Strips: `images` whole images per step when an image is smaller than a strip, else `rows` output rows of one
