@@ -168,7 +168,9 @@ def test_the_folded_start_gives_the_spectral_norm_models_outputs(synthetic, pret
     np.testing.assert_allclose(without, with_sn, atol=1e-4)
 
 
-@pytest.mark.minutes
+# The fast suite checks the same through the ANIL example's meta-training from the shipped spectral-norm start
+# (tests/test_examples.py), whose compile it needs anyway.
+@pytest.mark.slow
 def test_meta_training_starts_from_the_folded_model_and_exports_without_spectral_norm(synthetic, pretrained,
                                                                                      tmp_path):
     """One outer step (a rolled inner loop: the cheaper compile) from the spectral-norm model moves its folded
