@@ -136,17 +136,18 @@ def demo(output: str = "results/demo", settings: DemoSettings = DemoSettings(), 
     log(f"{step} personalise on {settings.persons} held-out persons ({settings.personalize_steps} steps each) from "
         f"{what}")
     frames = TfdsFrames(data_dir, "test")
-    model = read_checkpoint_config(starts["meta-trained"]).model
-    curves = AdaptationCurves(model, frames, eval_steps, batch_size=settings.batch_size, learning_rate=1e-3,
-                              seed=settings.seed, frames_per_eval=16)
-    generators = {name: load_sn_free_generator(path)[1] for name, path in starts.items()}
+    loaded = {name: load_sn_free_generator(path) for name, path in starts.items()}
+    generators = {name: variables for name, (_, variables) in loaded.items()}
+    start_config = loaded["pretrained"][0]  # the SN-free model config that all the starts share
+    curves = AdaptationCurves(start_config.model, frames, eval_steps, batch_size=settings.batch_size,
+                              learning_rate=1e-3, seed=settings.seed, frames_per_eval=16)
     persons = curves.persons()[:settings.persons]
     results, personalised = curves.run(generators, persons)
     paths = write_report(results, "pretrained", out)
     video = outputs.animation(curves.forward, frames, persons, generators["pretrained"],
                               personalised["meta-trained"], settings.batch_size)
     seconds["personalise + evaluate"] = time.perf_counter() - tic
-    outputs.write_animation(video, out, fps=read_checkpoint_config(starts["pretrained"]).inference.fps)
+    outputs.write_animation(video, out, fps=start_config.inference.fps)
     with open(paths["md"]) as f:
         adaptation_table = f.read()
     origin = (f"trained here: warp {settings.warp_steps}, full {settings.full_steps}, meta {settings.meta_steps} "
